@@ -1,0 +1,263 @@
+"""The user-facing embedding model: fit on counts, embed any AnnData with matching genes, save/load.
+
+This package is the only place biossl imports torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from anndata import AnnData
+
+from .io import FORMAT_VERSION, WEIGHTS, read_config, read_weights, write_dir_atomic
+from .train import onehot, resolve_device, rows_to_tensor, train
+from .vae import CountAutoencoder
+
+__all__ = ["EmbeddingModel", "align_genes"]
+
+logger = logging.getLogger("biossl")
+
+KINDS = ("vae", "ae")
+
+
+def align_genes(
+    adata: AnnData, genes: list[str], *, counts: str = "X", min_overlap: float = 0.5, case_sensitive: bool = True
+) -> tuple[sp.csr_matrix, np.ndarray, dict]:
+    """Counts of ``adata`` in the order of ``genes`` (missing genes zero-filled).
+
+    Returns the CSR matrix, a 0/1 mask of genes present, and an overlap report. Raises ValueError
+    when fewer than ``min_overlap`` of ``genes`` are found.
+    """
+    names = adata.var_names.astype(str)
+    key = (lambda s: s) if case_sensitive else (lambda s: s.upper())
+    lookup = pd.Index([key(g) for g in names])
+    if not lookup.is_unique:
+        raise ValueError("gene names are not unique after case folding; run adata.var_names_make_unique().")
+    pos = lookup.get_indexer([key(g) for g in genes])
+    present = pos >= 0
+    n_model = len(genes)
+    report = {
+        "n_model_genes": n_model,
+        "n_matched": int(present.sum()),
+        "n_missing": int((~present).sum()),
+        "n_extra": int(len(names) - present.sum()),
+        "fraction_matched": float(present.mean()),
+        "missing_examples": [str(g) for g in np.asarray(genes)[~present][:10]],
+    }
+    if present.mean() < min_overlap:
+        raise ValueError(
+            f"only {present.sum()} of the model's {n_model} genes are in the data ({present.mean():.0%} < "
+            f"{min_overlap:.0%}; missing e.g. {', '.join(report['missing_examples'][:3])}); check that the gene "
+            "names use the same identifiers (symbols vs Ensembl ids) as the model."
+        )
+    matrix = adata.X if counts == "X" else adata.layers[counts]
+    cols = sp.csc_matrix(matrix)[:, pos[present]] if sp.issparse(matrix) else np.asarray(matrix)[:, pos[present]]
+    cols = sp.csr_matrix(cols, dtype=np.float32)
+    if present.all():
+        return cols, present.astype(np.float32), report
+    # scatter present columns into model order
+    mapping = np.flatnonzero(present)
+    coo = cols.tocoo()
+    full = sp.csr_matrix((coo.data, (coo.row, mapping[coo.col])), shape=(adata.n_obs, n_model), dtype=np.float32)
+    return full, present.astype(np.float32), report
+
+
+class EmbeddingModel:
+    """A trained count autoencoder (VAE or AE) with the gene list and batches it was fitted on.
+
+    Create it with :meth:`fit` or :meth:`load`; :meth:`transform` embeds new cells.
+    """
+
+    def __init__(self, module: CountAutoencoder, config: dict, device: torch.device):
+        self.module = module.to(device).eval()
+        self.config = config
+        self.device = device
+
+    @property
+    def genes(self) -> list[str]:
+        """Genes the model reads, in order."""
+        return list(self.config["genes"])
+
+    @property
+    def batches(self) -> list[str]:
+        """Batch categories seen in training (empty without a batch key)."""
+        return list(self.config["batches"])
+
+    @classmethod
+    def fit(
+        cls,
+        counts,
+        genes: list[str],
+        batch: pd.Series | None = None,
+        *,
+        model: str = "vae",
+        n_latent: int = 10,
+        n_hidden: int = 128,
+        n_layers: int = 1,
+        dropout: float = 0.1,
+        adversarial: bool = False,
+        max_steps: int = 3000,
+        max_epochs: int | None = None,
+        batch_size: int = 128,
+        lr: float = 1e-3,
+        seed: int = 0,
+        device: str = "auto",
+        progress: bool | None = None,
+    ) -> EmbeddingModel:
+        """Train on a cells × genes count matrix (CSR or dense) with optional batch labels.
+
+        The budget is ``max_steps`` gradient steps (independent of the number of cells);
+        ``max_epochs`` caps it further for small data.
+        """
+        if model not in KINDS:
+            raise ValueError(f"model must be one of {KINDS}, got {model!r}")
+        for name, val, lo in (("n_latent", n_latent, 1), ("max_steps", max_steps, 1), ("batch_size", batch_size, 2)):
+            if not isinstance(val, int | np.integer) or isinstance(val, bool) or val < lo:
+                raise ValueError(f"{name} must be an integer >= {lo}, got {val!r}")
+        dev = resolve_device(device)
+        n = counts.shape[0]
+        steps = int(max_steps)
+        if max_epochs is not None:
+            steps = max(1, min(steps, int(np.ceil(max_epochs * n / batch_size))))
+        categories = [] if batch is None else [str(c) for c in batch.cat.categories]
+        codes = np.zeros(n, dtype=np.int64) if batch is None else batch.cat.codes.to_numpy().astype(np.int64)
+        n_batches = len(categories) if len(categories) > 1 else 0
+        if n_batches == 0:
+            codes = np.zeros(n, dtype=np.int64)
+        X = sp.csr_matrix(counts, dtype=np.float32) if sp.issparse(counts) else np.asarray(counts, dtype=np.float32)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            module = CountAutoencoder(
+                len(genes),
+                n_batches,
+                n_latent=n_latent,
+                n_hidden=n_hidden,
+                n_layers=n_layers,
+                dropout=dropout,
+                variational=model == "vae",
+                adversarial=adversarial,
+            ).to(dev)
+            history = train(
+                module, X, codes, max_steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=dev,
+                progress=progress,
+            )  # fmt: skip
+        config = {
+            "format_version": FORMAT_VERSION,
+            "model": model,
+            "n_latent": int(n_latent),
+            "n_hidden": int(n_hidden),
+            "n_layers": int(n_layers),
+            "dropout": float(dropout),
+            "adversarial": bool(adversarial and n_batches > 1),
+            "genes": [str(g) for g in genes],
+            "batches": categories if n_batches else [],
+            "training": {
+                "max_steps": int(max_steps),
+                "max_epochs": max_epochs,
+                "batch_size": int(batch_size),
+                "lr": float(lr),
+                "seed": int(seed),
+                "n_cells": int(n),
+                "steps": int(history["steps"]),
+                "best_val_loss": history["best_val_loss"],
+            },
+            "versions": _versions(),
+        }
+        return cls(module, config, dev)
+
+    def embed_counts(self, X, batch_codes: np.ndarray, chunk_size: int = 4096, progress: bool | None = None):
+        """Latent means of count rows ``X`` (already in model gene order)."""
+        from .train import _progress
+
+        n = X.shape[0]
+        out = np.empty((n, self.config["n_latent"]), dtype=np.float32)
+        bar = _progress(n, progress, "embedding") if n > 50_000 else None
+        with torch.no_grad():
+            for s in range(0, n, chunk_size):
+                idx = np.arange(s, min(n, s + chunk_size))
+                x = rows_to_tensor(X, idx, self.device)
+                mu, _ = self.module.encode(x, onehot(batch_codes[idx], self.module.n_batches, self.device))
+                out[idx] = mu.cpu().numpy()
+                if bar is not None:
+                    bar.update(len(idx))
+        if bar is not None:
+            bar.close()
+        return out
+
+    def transform(
+        self,
+        adata: AnnData,
+        *,
+        batch_key: str | None = None,
+        counts: str | None = None,
+        min_overlap: float = 0.5,
+        case_sensitive: bool = True,
+    ) -> tuple[np.ndarray, dict]:
+        """Embed ``adata`` (genes aligned by name) and return the latent and the gene-overlap report."""
+        from ..pp import check_batch, find_counts
+
+        where = counts or find_counts(adata)
+        X, _, report = align_genes(
+            adata, self.genes, counts=where, min_overlap=min_overlap, case_sensitive=case_sensitive
+        )
+        if report["n_missing"]:
+            logger.warning(
+                "%d of %d model genes are missing from the data (zero-filled), e.g. %s",
+                report["n_missing"], report["n_model_genes"], ", ".join(report["missing_examples"][:3]),
+            )  # fmt: skip
+        codes = self.batch_codes(check_batch(adata, batch_key) if batch_key else None, adata.n_obs)
+        return self.embed_counts(X, codes), report
+
+    def batch_codes(self, batch: pd.Series | None, n: int) -> np.ndarray:
+        """Codes of batches in the model's categories; unseen batches (or none given) map to -1."""
+        if not self.batches or batch is None:
+            return np.full(n, -1 if self.batches else 0, dtype=np.int64)
+        lookup = {b: i for i, b in enumerate(self.batches)}
+        return np.array([lookup.get(str(b), -1) for b in batch], dtype=np.int64)
+
+    def gene_loadings(self) -> np.ndarray:
+        """Decoder output weights, genes × hidden units (a gene embedding learned by the model)."""
+        return self.module.scale.weight.detach().cpu().numpy().copy()
+
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write ``model.pt`` (state dict) and ``config.json`` into directory ``path`` atomically."""
+        state = {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
+        return write_dir_atomic(path, {WEIGHTS: state, "config.json": self.config}, overwrite=overwrite)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, device: str = "auto") -> EmbeddingModel:
+        """Load a model directory written by :meth:`save` (weights only; no code is executed)."""
+        config = read_config(path)
+        dev = resolve_device(device)
+        try:
+            module = CountAutoencoder(
+                len(config["genes"]),
+                len(config["batches"]),
+                n_latent=int(config["n_latent"]),
+                n_hidden=int(config["n_hidden"]),
+                n_layers=int(config["n_layers"]),
+                dropout=float(config["dropout"]),
+                variational=config["model"] == "vae",
+                adversarial=bool(config["adversarial"]),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{Path(path) / 'config.json'} is incomplete or damaged ({err!r}).") from None
+        state = read_weights(path, dev)
+        try:
+            module.load_state_dict(state)
+        except RuntimeError as err:
+            first = str(err).splitlines()[0]
+            raise ValueError(f"{Path(path) / WEIGHTS} does not match its config.json ({first}).") from None
+        return cls(module, config, dev)
+
+
+def _versions() -> dict[str, str]:
+    from .._record import versions
+
+    return versions()

@@ -1,0 +1,148 @@
+"""Minibatch training loop: fixed step budget, held-out early stopping, seeded."""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from .vae import CountAutoencoder
+
+logger = logging.getLogger("biossl")
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU; ``"cuda"`` without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was requested but no CUDA GPU is available; use device='auto' or 'cpu'.")
+    return torch.device(device)
+
+
+def rows_to_tensor(X, idx: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Dense float32 tensor of rows ``idx`` of a dense or sparse (CSR) matrix."""
+    block = X[idx]
+    block = block.toarray() if sp.issparse(block) else np.asarray(block)
+    return torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32)).to(device)
+
+
+def onehot(batch: np.ndarray, n_batches: int, device: torch.device) -> torch.Tensor:
+    """One-hot rows for batch codes; code -1 (a batch the model never saw) gets the uniform mixture."""
+    out = torch.zeros((len(batch), n_batches), device=device)
+    if n_batches == 0:
+        return out
+    known = batch >= 0
+    idx = torch.from_numpy(np.flatnonzero(known)).to(device)
+    out[idx, torch.from_numpy(batch[known]).long().to(device)] = 1.0
+    if (~known).any():
+        out[torch.from_numpy(np.flatnonzero(~known)).to(device)] = 1.0 / n_batches
+    return out
+
+
+def _progress(total: int, enabled: bool | None, desc: str):
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, file=sys.stderr)
+
+
+def train(
+    module: CountAutoencoder,
+    X,
+    batch: np.ndarray,
+    *,
+    max_steps: int,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-6,
+    kl_warmup: float = 0.3,
+    validation_fraction: float = 0.1,
+    eval_every: int = 100,
+    patience: int = 8,
+    seed: int = 0,
+    device: torch.device,
+    progress: bool | None = None,
+) -> dict:
+    """Train ``module`` on count rows ``X`` (cells × genes, CSR or dense) for at most ``max_steps`` steps.
+
+    A random ``validation_fraction`` of cells (at most 2,000) is held out; every ``eval_every`` steps
+    the held-out ELBO is computed and training stops after ``patience`` evaluations without improvement
+    (the best weights are restored). The KL weight rises linearly over the first ``kl_warmup`` of the budget.
+    Returns the training history (h5ad-writable).
+    """
+    rng = np.random.default_rng(seed)
+    n = X.shape[0]
+    perm = rng.permutation(n)
+    n_val = min(2000, int(round(validation_fraction * n))) if n >= 50 else 0
+    val_idx, train_idx = np.sort(perm[:n_val]), perm[n_val:]
+    batch_size = max(2, min(batch_size, len(train_idx)))
+    opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
+    warm = max(1, int(kl_warmup * max_steps))
+    n_batches = module.n_batches
+    batch_t = torch.from_numpy(batch.astype(np.int64))
+
+    def val_loss() -> float:
+        module.eval()
+        with torch.no_grad():
+            tot = 0.0
+            for s in range(0, n_val, 1024):
+                idx = val_idx[s : s + 1024]
+                x = rows_to_tensor(X, idx, device)
+                loss, _ = module.loss(x, onehot(batch[idx], n_batches, device), batch_t[idx].to(device), 1.0)
+                tot += float(loss) * len(idx)
+        module.train()
+        return tot / max(n_val, 1)
+
+    history: dict[str, list] = {"step": [], "train_loss": [], "val_loss": []}
+    best, best_state, bad = math.inf, None, 0
+    order, pos = rng.permutation(train_idx), 0
+    bar = _progress(max_steps, progress, "training")
+    module.train()
+    running, steps_done = 0.0, 0
+    for step in range(1, max_steps + 1):
+        if pos + batch_size > len(order):
+            order, pos = rng.permutation(train_idx), 0
+        idx = np.sort(order[pos : pos + batch_size])
+        pos += batch_size
+        x = rows_to_tensor(X, idx, device)
+        kl_w = min(1.0, step / warm)
+        loss, _ = module.loss(x, onehot(batch[idx], n_batches, device), batch_t[idx].to(device), kl_w)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), 10.0)
+        opt.step()
+        running += float(loss.detach())
+        steps_done = step
+        if bar is not None:
+            bar.update(1)
+        if step % eval_every == 0 or step == max_steps:
+            vl = val_loss() if n_val else running / eval_every
+            history["step"].append(step)
+            history["train_loss"].append(running / eval_every)
+            history["val_loss"].append(vl)
+            running = 0.0
+            if step >= warm:  # the ELBO is comparable only once the KL weight has reached 1
+                if vl < best - 1e-4 * abs(best if math.isfinite(best) else 1.0):
+                    best, bad = vl, 0
+                    best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+                else:
+                    bad += 1
+                    if bad >= patience:
+                        break
+    if bar is not None:
+        bar.close()
+    if best_state is not None:
+        module.load_state_dict(best_state)
+    module.eval()
+    logger.info("trained %d steps, best held-out loss %.2f", steps_done, best)
+    return {"steps": steps_done, "best_val_loss": float(best) if math.isfinite(best) else float("nan"), **history}
