@@ -17,7 +17,7 @@ _SUBMODULES = ("pp", "tl", "pl", "datasets", "metrics", "graph", "model")
 __all__ = [*_SUBMODULES, "EmbeddingModel", "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from . import datasets, graph, metrics, model, pl, pp, tl
+    from . import datasets, graph, metrics, model, pl, pp, tl  # noqa: F401
     from .model import EmbeddingModel
 
 

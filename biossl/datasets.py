@@ -6,7 +6,7 @@ from pathlib import Path
 
 import anndata as ad
 
-__all__ = ["pbmc", "example_path"]
+__all__ = ["example_path", "pbmc"]
 
 
 def example_path(name: str) -> Path:

@@ -19,9 +19,7 @@ logger = logging.getLogger("biossl")
 EXACT_MAX_CELLS = 50_000
 
 
-def knn(
-    X: np.ndarray, n_neighbors: int, *, method: str = "auto", seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
+def knn(X: np.ndarray, n_neighbors: int, *, method: str = "auto", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Indices and Euclidean distances of the ``n_neighbors`` nearest other cells of each row of ``X``.
 
     ``method="auto"`` is exact (sklearn) up to 50,000 cells and approximate (pynndescent) above.

@@ -124,9 +124,7 @@ def check_anndata(adata: AnnData) -> None:
     for axis, names in (("var_names", adata.var_names), ("obs_names", adata.obs_names)):
         if not names.is_unique:
             dup = names[names.duplicated()][0]
-            raise ValueError(
-                f"adata.{axis} has duplicates (e.g. {dup!r}); run adata.{axis.replace('_names', '')}_names_make_unique()."
-            )
+            raise ValueError(f"adata.{axis} has duplicates (e.g. {dup!r}); run adata.{axis}_make_unique().")
 
 
 def _select_genes(counts, genes: pd.Index, n_top_genes: int, batch: pd.Series | None) -> np.ndarray:
@@ -224,8 +222,10 @@ def write_setup(adata: AnnData, mask: np.ndarray, params: dict) -> None:
 
 
 def ensure_setup(adata: AnnData, batch_key: str | None = None) -> tuple[np.ndarray, dict, bool]:
-    """The gene mask and setup record; plans :func:`setup` with defaults when it has not run (or used
-    another batch key). The last item says whether the caller must still :func:`write_setup` them."""
+    """Return the gene mask, the setup record, and whether the caller must still write them.
+
+    Plans :func:`setup` with defaults (without writing) when it has not run or used another batch key.
+    """
     rec = get_record(adata, "setup")
     if rec is not None and HVG_KEY in adata.var and batch_key in (None, rec.get("batch_key")):
         find_counts(adata, None if rec["counts"] == "X" else rec["counts"])

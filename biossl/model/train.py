@@ -83,7 +83,7 @@ def train(
     rng = np.random.default_rng(seed)
     n = X.shape[0]
     perm = rng.permutation(n)
-    n_val = min(2000, int(round(validation_fraction * n))) if n >= 50 else 0
+    n_val = min(2000, round(validation_fraction * n)) if n >= 50 else 0
     val_idx, train_idx = np.sort(perm[:n_val]), perm[n_val:]
     batch_size = max(2, min(batch_size, len(train_idx)))
     opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)

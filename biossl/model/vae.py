@@ -90,9 +90,7 @@ class CountAutoencoder(nn.Module):
         self.scale = nn.Linear(n_hidden, n_genes)
         self.log_theta = nn.Parameter(torch.zeros(n_genes))
         if adversarial and n_batches > 1:
-            self.discriminator = nn.Sequential(
-                nn.Linear(n_latent, n_hidden), nn.ReLU(), nn.Linear(n_hidden, n_batches)
-            )
+            self.discriminator = nn.Sequential(nn.Linear(n_latent, n_hidden), nn.ReLU(), nn.Linear(n_hidden, n_batches))
         else:
             self.discriminator = None
 
