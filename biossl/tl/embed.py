@@ -21,8 +21,8 @@ logger = logging.getLogger("biossl")
 def embed(
     adata: AnnData,
     *,
-    model: str | os.PathLike | EmbeddingModel = "vae",
-    n_latent: int = 10,
+    model: str | os.PathLike | EmbeddingModel = "auto",
+    n_latent: int | None = None,
     batch_key: str | None = None,
     adversarial: bool = False,
     max_steps: int = 3000,
@@ -45,10 +45,14 @@ def embed(
     adata
         Cells × genes with raw counts (see :func:`biossl.pp.setup`).
     model
-        ``"vae"`` (default) or ``"ae"`` to train a new model; a saved model directory or an
-        :class:`~biossl.EmbeddingModel` to reuse one (genes are aligned by name; no training).
+        ``"vae"`` or ``"ae"`` to train a new count model; ``"pca"`` for PCA of log-normalised, scaled
+        counts (scanpy); ``"auto"`` (default) picks ``"vae"`` when ``batch_key`` names two or more
+        batches and ``"pca"`` otherwise. A saved model directory or an :class:`~biossl.EmbeddingModel`
+        reuses a trained model (genes are aligned by name; no training). Why ``"auto"``: in
+        ``benchmarks/fewlabel.py`` the batch-aware VAE beat PCA on two-donor baron_mouse, while on
+        single-batch pbmc3k PCA kept rare types (DC) the VAE latent blurred.
     n_latent
-        Latent dimensions.
+        Latent dimensions (default 20 for the VAE/AE, 50 for PCA).
     batch_key
         Column of ``obs`` with batches; the model conditions on it (defaults to the setup's).
     adversarial
@@ -95,13 +99,31 @@ def embed(
         raise ValueError(f"save_model={str(save_model)!r} already exists; pass overwrite=True to replace it.")
     start = time.perf_counter()
     overlap = None
+    if isinstance(model, str) and model == "auto":
+        model = "vae" if batch is not None and batch.nunique() > 1 else "pca"
+    if isinstance(model, str) and model == "pca":
+        if save_model is not None or return_model:
+            raise ValueError("model='pca' has no trained model to save or return; use model='vae'.")
+        n_comps = 50 if n_latent is None else n_latent
+        latent = _pca(adata, mask, setup_params["counts"], n_comps, seed)
+        params = {"model": "pca", "n_latent": latent.shape[1], "batch_key": batch_key, "trained": True, "seed": seed}
+        return _write(adata, latent, mask, setup_params, setup_pending, params, key_added, start, copy)
     if isinstance(model, str) and model in ("vae", "ae"):
         genes = [str(g) for g in adata.var_names[mask]]
         counts, _, _ = align_genes(adata, genes, counts=setup_params["counts"])
         fitted = EmbeddingModel.fit(
-            counts, genes, batch, model=model, n_latent=n_latent, adversarial=adversarial, max_steps=max_steps,
-            max_epochs=max_epochs, seed=seed, device=device, progress=progress,
-        )  # fmt: skip
+            counts,
+            genes,
+            batch,
+            model=model,
+            n_latent=20 if n_latent is None else n_latent,
+            adversarial=adversarial,
+            max_steps=max_steps,
+            max_epochs=max_epochs,
+            seed=seed,
+            device=device,
+            progress=progress,
+        )
         latent = fitted.embed_counts(counts, fitted.batch_codes(batch, adata.n_obs), progress=progress)
     else:
         fitted = model if isinstance(model, EmbeddingModel) else _load(model, device)
@@ -109,10 +131,6 @@ def embed(
     if save_model is not None:
         fitted.save(save_model, overwrite=overwrite)
 
-    adata = adata.copy() if copy else adata
-    if setup_pending:
-        write_setup(adata, mask, setup_params)
-    adata.obsm[key_added] = latent
     cfg = fitted.config
     params = {
         "model": cfg["model"],
@@ -122,18 +140,49 @@ def embed(
         "trained": overlap is None,
         "steps": cfg["training"]["steps"],
         "seed": cfg["training"]["seed"],
-        "key_added": key_added,
         "device": str(fitted.device),
+    }
+    out = _write(adata, latent, mask, setup_params, setup_pending, params, key_added, start, copy, overlap)
+    if copy:
+        return out
+    return fitted if return_model else None
+
+
+def _write(adata, latent, mask, setup_params, setup_pending, params, key_added, start, copy, overlap=None):
+    """Write the latent and the record (after everything that can fail has run)."""
+    adata = adata.copy() if copy else adata
+    if setup_pending:
+        write_setup(adata, mask, setup_params)
+    adata.obsm[key_added] = latent
+    params = {
+        **params,
+        "key_added": key_added,
         "seconds": round(time.perf_counter() - start, 2),
         "versions": versions(),
     }
     record(adata, "embed", params)
     if overlap is not None:
         record(adata, "gene_overlap", overlap)
-    logger.info("embed: %s latent of %d cells in %.1f s", cfg["model"], adata.n_obs, params["seconds"])
-    if copy:
-        return adata
-    return fitted if return_model else None
+    logger.info("embed: %s latent of %d cells in %.1f s", params["model"], adata.n_obs, params["seconds"])
+    return adata if copy else None
+
+
+def _pca(adata: AnnData, mask, counts_key: str, n_comps: int, seed: int):
+    """PCA of the selected genes after scanpy's normalize_total (1e4), log1p and scaling (clipped at 10)."""
+    import numpy as np
+    import scanpy as sc
+    import scipy.sparse as sp
+
+    from ..pp import counts_matrix
+
+    X = counts_matrix(adata, counts_key)[:, np.flatnonzero(mask)]
+    tmp = AnnData(X=sp.csr_matrix(X, dtype=np.float32))
+    sc.pp.normalize_total(tmp, target_sum=1e4)
+    sc.pp.log1p(tmp)
+    sc.pp.scale(tmp, max_value=10)
+    n_comps = int(min(n_comps, tmp.n_obs - 1, tmp.n_vars - 1))
+    sc.tl.pca(tmp, n_comps=n_comps, random_state=seed)
+    return np.asarray(tmp.obsm["X_pca"], dtype=np.float32)
 
 
 def _load(path, device: str) -> EmbeddingModel:
