@@ -168,7 +168,12 @@ def _write(adata, latent, mask, setup_params, setup_pending, params, key_added, 
 
 
 def _pca(adata: AnnData, mask, counts_key: str, n_comps: int, seed: int):
-    """PCA of the selected genes after scanpy's normalize_total (1e4), log1p and scaling (clipped at 10)."""
+    """PCA of the selected genes after scanpy's normalize_total (1e4), log1p and unit-variance scaling.
+
+    The matrix stays sparse: genes are scaled without centring (values clipped where the centred value
+    would exceed 10, as ``sc.pp.scale(max_value=10)`` does) and PCA centres implicitly, so memory stays
+    O(nnz) (``sc.pp.scale`` would densify it).
+    """
     import numpy as np
     import scanpy as sc
     import scipy.sparse as sp
@@ -179,7 +184,12 @@ def _pca(adata: AnnData, mask, counts_key: str, n_comps: int, seed: int):
     tmp = AnnData(X=sp.csr_matrix(X, dtype=np.float32))
     sc.pp.normalize_total(tmp, target_sum=1e4)
     sc.pp.log1p(tmp)
-    sc.pp.scale(tmp, max_value=10)
+    mean = np.asarray(tmp.X.mean(0)).ravel()
+    var = np.asarray(tmp.X.multiply(tmp.X).mean(0)).ravel() - mean**2
+    std = np.sqrt(np.maximum(var, 1e-12))
+    X = sp.csr_matrix(tmp.X @ sp.diags(1.0 / std))
+    X.data = np.minimum(X.data, (10.0 + mean / std)[X.indices]).astype(np.float32)
+    tmp.X = X
     n_comps = int(min(n_comps, tmp.n_obs - 1, tmp.n_vars - 1))
     sc.tl.pca(tmp, n_comps=n_comps, random_state=seed)
     return np.asarray(tmp.obsm["X_pca"], dtype=np.float32)
