@@ -154,11 +154,25 @@ def snapshot(adata: AnnData) -> dict:
     }
 
 
-def assert_same(adata: AnnData, before: dict) -> None:
+def _plain(obj):
+    """Nested dicts of plain Python values (what h5ad stores as arrays and numpy scalars comes back as lists)."""
+    if hasattr(obj, "keys"):
+        return {k: _plain(obj[k]) for k in obj.keys()}
+    if isinstance(obj, np.ndarray | list | tuple):
+        return [_plain(x) for x in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def assert_same(adata: AnnData, before: dict, *, exact_uns: bool = True) -> None:
     """Fail naming the first part of ``adata`` that differs from ``before``."""
     after = snapshot(adata)
     for part in before:
-        assert _equal(before[part], after[part]), f"adata.{part} was changed"
+        if part == "uns" and not exact_uns:
+            assert _plain(before[part]) == _plain(after[part]), "adata.uns differs"
+        else:
+            assert _equal(before[part], after[part]), f"adata.{part} was changed"
 
 
 @pytest.fixture
@@ -176,9 +190,12 @@ def unchanged():
 
 @pytest.fixture
 def same_as():
-    """``same_as(a, b)``: assert two AnnData hold equal X, obs, var, uns, obsm, obsp and layers."""
+    """``same_as(a, b)``: assert two AnnData hold equal X, obs, var, uns, obsm, obsp and layers.
 
-    def check(a: AnnData, b: AnnData) -> None:
-        assert_same(a, snapshot(b))
+    ``exact_uns=False`` compares ``uns`` as plain Python values (lists vs arrays, numpy vs Python scalars).
+    """
+
+    def check(a: AnnData, b: AnnData, *, exact_uns: bool = True) -> None:
+        assert_same(a, snapshot(b), exact_uns=exact_uns)
 
     return check
