@@ -200,4 +200,9 @@ def _load(path, device: str) -> EmbeddingModel:
 
     if not isinstance(path, str | os.PathLike):
         raise ValueError(f"model must be 'vae', 'ae', a model directory or an EmbeddingModel, got {path!r}")
+    if not os.path.exists(path):  # most likely a misspelt model kind, so name the kinds
+        raise ValueError(
+            f"model={os.fspath(path)!r} is not 'auto', 'vae', 'ae' or 'pca', and the model directory "
+            f"{os.fspath(path)!r} does not exist."
+        )
     return EmbeddingModel.load(path, device=device)
