@@ -63,6 +63,20 @@ def test_keys_written(pbmc_embedded):
     assert adata.uns["biossl"]["annotate"]["n_labelled"] == int(seeds.sum())
 
 
+@pytest.mark.parametrize("batch_key", [None, "half"])
+def test_setup_selects_genes_embed_uses_them(pbmc_small, batch_key):
+    pbmc_small.obs["half"] = pd.Categorical(np.where(np.arange(pbmc_small.n_obs) % 2, "x", "y"))
+    biossl.pp.setup(pbmc_small, n_top_genes=300, batch_key=batch_key)
+    hvg = pbmc_small.var["biossl_hvg"].to_numpy()
+    assert hvg.dtype == bool and hvg.sum() == 300
+    rec = pbmc_small.uns["biossl"]["setup"]
+    assert rec["n_genes"] == 300 and rec["counts"] == "X" and rec.get("batch_key") == batch_key
+    model = biossl.tl.embed(pbmc_small, model="vae", max_steps=5, device="cpu", return_model=True)
+    assert model.genes == list(pbmc_small.var_names[hvg])
+    assert model.batches == ([] if batch_key is None else ["x", "y"])
+    assert pbmc_small.uns["biossl"]["embed"].get("batch_key") == batch_key  # embed takes setup's batch key
+
+
 def test_h5ad_round_trip(pbmc_embedded, tmp_path, same_as):
     adata = annotated(pbmc_embedded)
     path = tmp_path / "out.h5ad"

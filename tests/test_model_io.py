@@ -44,6 +44,9 @@ def test_load_gives_identical_latent(model_dir, pbmc_small, pbmc_embedded):
     model = biossl.EmbeddingModel.load(model_dir, device="cpu")
     latent, _ = model.transform(pbmc_small)
     np.testing.assert_array_equal(latent, pbmc_embedded.obsm["X_biossl"])
+    again = pbmc_embedded.copy()
+    biossl.tl.embed(again, model=model)  # an EmbeddingModel object is reused as is
+    np.testing.assert_array_equal(again.obsm["X_biossl"], pbmc_embedded.obsm["X_biossl"])
 
 
 def test_return_model_and_save_again(sim, tmp_path):
