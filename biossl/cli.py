@@ -1,0 +1,1040 @@
+"""The ``biossl`` command line: the annotation steps as commands on .h5ad files.
+
+Every command reads its input read-only and never writes to it, writes each output atomically (temp
+file in the output's directory, fsync, rename), refuses to replace an existing output without
+``--force``, prints a one-line summary on stdout and reports bad input as one ``error: ...`` line on
+stderr with exit status 1 (``--debug`` shows the traceback instead). Nothing heavy (anndata, scanpy,
+torch) is imported at module level, so ``biossl --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import click
+
+from . import __version__
+
+__all__ = ["main"]
+
+MODEL_KINDS = ("auto", "vae", "ae", "pca")
+DEMO_H5AD, DEMO_PNG = "pbmc3k_annotated.h5ad", "pbmc3k_umap.png"
+_DEBUG = "biossl.debug"
+_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
+
+
+class CliError(click.ClickException):
+    """Bad input or a failed step: shown as one ``error: ...`` line on stderr, exit status 1."""
+
+    def show(self, file=None) -> None:
+        """Print ``error: <message>`` to stderr."""
+        click.echo(f"error: {self.format_message()}", err=True, file=file)
+
+
+class _EchoHandler(logging.Handler):
+    """Log records of the ``biossl`` logger as ``warning: ...`` lines on the current stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"{record.levelname.lower()}: {record.getMessage()}", err=True)
+
+
+_HANDLER = _EchoHandler()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# shared plumbing
+
+
+def _one_line(err: BaseException) -> str:
+    """The first line of an exception's message (bounded), for an ``error:`` line."""
+    text = str(err).strip()
+    if isinstance(err, KeyError) and text.startswith(("'", '"')):
+        text = f"key {text} not found"
+    first = text.splitlines()[0] if text else type(err).__name__
+    return first if len(first) <= 400 else first[:397] + "..."
+
+
+def _guarded(func: Callable) -> Callable:
+    """Turn exceptions of a command into one ``error:`` line (or a traceback with ``--debug``)."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        ctx = click.get_current_context()
+        try:
+            return func(*args, **kwargs)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as err:
+            if ctx.meta.get(_DEBUG):
+                raise
+            if isinstance(err, ValueError | OSError | KeyError):  # the API's bad-input errors, unreadable files
+                raise CliError(_one_line(err)) from None
+            raise CliError(
+                f"unexpected {type(err).__name__}: {_one_line(err)} (rerun with --debug for the traceback)"
+            ) from None
+
+    return wrapper
+
+
+def _set_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.meta[_DEBUG] = True
+
+
+def _set_verbose(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """Show biossl's warnings (and with ``-v`` its step log) on stderr for this invocation only."""
+    logger = logging.getLogger("biossl")
+    root = ctx.find_root()
+    if "biossl.log_level" not in root.meta:
+        root.meta["biossl.log_level"] = logger.level
+        logger.addHandler(_HANDLER)
+
+        def restore() -> None:
+            logger.removeHandler(_HANDLER)
+            logger.setLevel(root.meta["biossl.log_level"])
+
+        root.call_on_close(restore)
+    root.meta["biossl.verbose"] = bool(root.meta.get("biossl.verbose")) or value
+    logger.setLevel(logging.INFO if root.meta["biossl.verbose"] else logging.WARNING)
+
+
+def _common(func: Callable) -> Callable:
+    """Options every command takes: ``--debug``, ``-v/--verbose``, ``--version`` (plus ``-h/--help``)."""
+    func = click.option(
+        "--debug", is_flag=True, expose_value=False, callback=_set_debug, help="Show the full traceback on errors."
+    )(func)
+    func = click.option(
+        "-v", "--verbose", is_flag=True, expose_value=False, callback=_set_verbose, help="Log each step to stderr."
+    )(func)
+    return click.version_option(__version__, "--version", prog_name="biossl", message="%(prog)s %(version)s")(func)
+
+
+def _parse_ints(text: str, name: str, *, minimum: int) -> list[int]:
+    """``"1,3,5"`` or ``"0-4"`` (or a mix, ``"1,3,10-12"``) to a sorted list of unique integers."""
+    out: set[int] = set()
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        try:
+            if "-" in part[1:]:
+                lo, hi = part.split("-", 1) if not part.startswith("-") else ("-" + part[1:].split("-", 1)[0], "")
+                lo_i, hi_i = int(lo), int(hi)
+                if hi_i < lo_i:
+                    raise ValueError
+                out.update(range(lo_i, hi_i + 1))
+            else:
+                out.add(int(part))
+        except ValueError:
+            raise click.BadParameter(f"{part!r} is not an integer or a range like 0-4", param_hint=name) from None
+    if not out:
+        raise click.BadParameter("give at least one value, e.g. 1,3,5 or 0-4", param_hint=name)
+    if min(out) < minimum:
+        raise click.BadParameter(f"values must be >= {minimum}, got {min(out)}", param_hint=name)
+    return sorted(out)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    with contextlib.suppress(OSError):
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _check_io(inp: str | None, outputs: dict[str, str | None], *, force: bool) -> None:
+    """Fail before any work when the input is missing, an output is the input, or exists without --force."""
+    if inp is not None:
+        path = Path(inp)
+        if not path.exists():
+            raise CliError(f"input file {inp!r} does not exist.")
+        if path.is_dir():
+            raise CliError(f"input {inp!r} is a directory, not an h5ad file.")
+    given = {name: Path(p) for name, p in outputs.items() if p is not None}
+    seen: dict[str, str] = {}
+    for name, out in given.items():
+        if inp is not None and _same_file(Path(inp), out):
+            raise CliError(
+                f"{name} {str(out)!r} is the input file; biossl never writes to its input, choose another path."
+            )
+        key = os.path.realpath(out)
+        if key in seen:
+            raise CliError(f"{seen[key]} and {name} are the same path {str(out)!r}; give each output its own path.")
+        seen[key] = name
+        if out.exists() and not force:
+            raise CliError(f"{name} {str(out)!r} already exists; pass --force to overwrite it.")
+
+
+def _check_model_option(model: str, save_model: str | None) -> str:
+    """Validate ``--model`` early (a kind or an existing directory); ``auto`` becomes ``vae`` when saving."""
+    if model in MODEL_KINDS:
+        if save_model is not None and model == "pca":
+            raise CliError("--model pca has no trained model to save; drop --save-model or use --model vae.")
+        return "vae" if save_model is not None and model == "auto" else model
+    path = Path(model)
+    if not path.exists():
+        raise CliError(
+            f"--model {model!r} is neither a model kind ({', '.join(MODEL_KINDS)}) nor an existing directory."
+        )
+    if not (path / "config.json").is_file():
+        raise CliError(f"--model {model!r} is not a biossl model directory (no config.json in it).")
+    return model
+
+
+@contextlib.contextmanager
+def _threads(n: int | None, *, torch: bool = True) -> Iterator[None]:
+    """Limit torch, BLAS/OpenMP (env vars and threadpoolctl) and numba to ``n`` threads, then restore."""
+    if n is None:
+        yield
+        return
+    saved = {k: os.environ.get(k) for k in (*_THREAD_ENV, "NUMBA_NUM_THREADS")}
+    # env vars only take effect for libraries not yet loaded (a fresh CLI process: all of them)
+    os.environ.update({k: str(n) for k in _THREAD_ENV})
+    if "numba" not in sys.modules:  # numba refuses more threads than cores
+        os.environ["NUMBA_NUM_THREADS"] = str(min(n, os.cpu_count() or 1))
+    try:
+        with contextlib.ExitStack() as stack:
+            with contextlib.suppress(ImportError):
+                from threadpoolctl import threadpool_limits
+
+                stack.enter_context(threadpool_limits(limits=n))
+            if torch:
+                import torch as _torch
+
+                previous = _torch.get_num_threads()
+                _torch.set_num_threads(n)
+                stack.callback(_torch.set_num_threads, previous)
+            yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def _quiet_scanpy() -> Iterator[None]:
+    """Silence scanpy's own log lines (e.g. its UMAP note about a non-umap graph) for the duration."""
+    import scanpy as sc
+
+    previous = sc.settings.verbosity
+    sc.settings.verbosity = 0
+    try:
+        yield
+    finally:
+        sc.settings.verbosity = previous
+
+
+def _plot(adata, path: str | os.PathLike, *, key: str, force: bool) -> None:
+    """UMAP of labels and confidence (biossl.pl.annotation), saved atomically with the usual file mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    import biossl
+
+    from ._io import write_figure_atomic
+
+    with _quiet_scanpy():
+        fig = biossl.pl.annotation(adata, key=key, show=False)
+    try:
+        write_figure_atomic(fig, path, overwrite=force)
+    finally:
+        plt.close(fig)
+
+
+def _elapsed(start: float) -> str:
+    return f"{time.perf_counter() - start:.1f} s"
+
+
+def _echo_summary(text: str) -> None:
+    click.echo(text)
+
+
+def _read(path: str, *, backed: bool = False):
+    from ._io import read_h5ad
+
+    return read_h5ad(path, backed=backed)
+
+
+def _write_h5ad(adata, path: str, *, force: bool) -> None:
+    from ._io import write_h5ad_atomic
+
+    try:
+        write_h5ad_atomic(adata, path, overwrite=force)
+    except FileExistsError:
+        raise CliError(f"{path!r} appeared while biossl was running; pass --force to overwrite it.") from None
+
+
+def _embed(adata, *, model, batch_key, layer, n_latent, max_steps, seed, device, save_model, force) -> str:
+    """Run setup → embed with the CLI options; returns a short description of the embedding."""
+    import biossl
+
+    biossl.pp.setup(adata, layer=layer, batch_key=batch_key)
+    kwargs = {} if max_steps is None else {"max_steps": max_steps}
+    biossl.tl.embed(
+        adata,
+        model=model,
+        n_latent=n_latent,
+        batch_key=batch_key,
+        seed=seed,
+        device=device,
+        save_model=save_model,
+        overwrite=force,
+        progress=None,
+        **kwargs,
+    )
+    rec = adata.uns["biossl"]["embed"]
+    kind = rec["model"] if rec.get("trained", True) else f"saved {rec['model']}"
+    return f"{kind}, {adata.obsm['X_biossl'].shape[1]}-d"
+
+
+def _check_labels(adata, labels_key: str, unlabeled_category: str | None) -> tuple[int, int]:
+    """Fail fast (before training) on an unusable labels column; returns (n labelled, n types)."""
+    from .tl.annotate import split_labels
+
+    codes, classes = split_labels(adata, labels_key, unlabeled_category)
+    return int((codes >= 0).sum()), len(classes)
+
+
+def _check_threshold(unknown_threshold: float | None) -> None:
+    if unknown_threshold is not None and not 0 <= unknown_threshold <= 1:
+        raise CliError(f"--unknown-threshold must be between 0 and 1, got {unknown_threshold!r}.")
+
+
+def _model_options(*, save: bool = True) -> Callable[[Callable], Callable]:
+    """Options shared by the commands that embed: model, batches, counts layer, training, device, threads."""
+
+    def decorate(func: Callable) -> Callable:
+        opts = [
+            click.option(
+                "--model",
+                default="auto",
+                show_default=True,
+                metavar="KIND|DIR",
+                help="Embedding to compute: auto (VAE with two or more batches, else PCA), vae, ae, pca; or a "
+                "saved model directory to reuse without training.",
+            ),
+            click.option("--batch-key", metavar="KEY", help="obs column with the batch of each cell."),
+            click.option("--layer", metavar="NAME", help="Layer with raw counts (default: X, else layers['counts'])."),
+            click.option("--n-latent", type=click.IntRange(min=1), help="Latent dimensions [default: 20, PCA 50]."),
+            click.option(
+                "--max-steps",
+                type=click.IntRange(min=1),
+                help="VAE/AE training budget in gradient steps [default: as biossl.tl.embed, 3000].",
+            ),
+            click.option("--seed", type=int, default=0, show_default=True, help="Random seed."),
+            click.option(
+                "--device",
+                type=click.Choice(["auto", "cpu", "cuda"]),
+                default="auto",
+                show_default=True,
+                help="Where to train the model.",
+            ),
+            click.option(
+                "--threads",
+                type=click.IntRange(min=1),
+                help="Threads for torch and BLAS [default: the libraries' own choice].",
+            ),
+        ]
+        if save:
+            opts.append(
+                click.option(
+                    "--save-model",
+                    metavar="DIR",
+                    type=click.Path(file_okay=False),
+                    help="Save the trained model to this directory (implies --model vae when --model is auto).",
+                )
+            )
+        for opt in reversed(opts):
+            func = opt(func)
+        return func
+
+    return decorate
+
+
+def _output_option(func: Callable) -> Callable:
+    func = click.option("--force", is_flag=True, help="Overwrite existing outputs.")(func)
+    return click.option(
+        "-o", "--output", "output", required=True, type=click.Path(dir_okay=False), help="Output .h5ad file."
+    )(func)
+
+
+_INPUT = click.argument("input_path", metavar="IN.h5ad", type=click.Path(dir_okay=True))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the group
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@_common
+def main() -> None:
+    """biossl: few-label cell-type annotation on h5ad files.
+
+    \b
+    Typical use:
+      biossl annotate cells.h5ad -o annotated.h5ad --labels-key cell_type
+      biossl evaluate labelled.h5ad --labels-key cell_type --k 1,3,5 --seeds 0-4
+      biossl demo
+
+    Each command writes its outputs atomically, never modifies its input and prints a one-line summary.
+    """  # noqa: D301 (click's \b paragraph marker must be a real backspace, not a raw string)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# annotate / embed
+
+
+@main.command()
+@_INPUT
+@_output_option
+@click.option("--labels-key", required=True, metavar="KEY", help="obs column with the few known labels.")
+@click.option(
+    "--unlabeled-category", default="Unknown", show_default=True, help="Value marking unlabelled cells (besides NaN)."
+)
+@click.option("--unknown-threshold", type=float, help="Call cells 'Unknown' below this confidence (0-1).")
+@click.option("--n-neighbors", type=click.IntRange(min=2), default=15, show_default=True, help="Neighbours per cell.")
+@click.option(
+    "--reuse-embedding",
+    is_flag=True,
+    help="Use obsm['X_biossl'] already in IN (from `biossl embed`) instead of embedding again.",
+)
+@_model_options()
+@_common
+@_guarded
+def annotate(
+    input_path, output, force, labels_key, unlabeled_category, unknown_threshold, n_neighbors, reuse_embedding,
+    model, batch_key, layer, n_latent, max_steps, seed, device, threads, save_model,
+) -> None:  # fmt: skip
+    """Annotate every cell of IN.h5ad from a few labelled ones; write OUT.h5ad.
+
+    Runs setup → embed → neighbors → annotate (or reuses a model with --model DIR, or the embedding
+    of `biossl embed` with --reuse-embedding). Writes obs['biossl_label'], obs['biossl_confidence'],
+    obsm['biossl_proba'], obsm['X_biossl'], obsp['biossl_connectivities'/'_distances'], uns['biossl'].
+    """
+    start = time.perf_counter()
+    if reuse_embedding and (model != "auto" or save_model is not None):
+        raise click.UsageError("--reuse-embedding cannot be combined with --model or --save-model.")
+    model = _check_model_option(model, save_model)
+    _check_threshold(unknown_threshold)
+    _check_io(input_path, {"output": output, "--save-model": save_model}, force=force)
+    with _threads(threads):
+        import biossl
+
+        adata = _read(input_path)
+        n_labelled, n_types = _check_labels(adata, labels_key, unlabeled_category)
+        if reuse_embedding:
+            if "X_biossl" not in adata.obsm:
+                raise CliError(
+                    f"{input_path!r} has no obsm['X_biossl']; run `biossl embed` on it first or drop --reuse-embedding."
+                )
+            how = "reused embedding"
+        else:
+            how = _embed(
+                adata, model=model, batch_key=batch_key, layer=layer, n_latent=n_latent, max_steps=max_steps,
+                seed=seed, device=device, save_model=save_model, force=force,
+            )  # fmt: skip
+        biossl.tl.neighbors(adata, n_neighbors=n_neighbors, seed=seed)
+        biossl.tl.annotate(
+            adata, labels_key, unlabeled_category=unlabeled_category, unknown_threshold=unknown_threshold
+        )
+        _write_h5ad(adata, output, force=force)
+    n_unknown = int((adata.obs["biossl_label"] == "Unknown").sum())
+    saved = f"; model saved to {save_model}" if save_model else ""
+    _echo_summary(
+        f"annotated {adata.n_obs} cells from {n_labelled} labels ({n_types} types, {n_unknown} Unknown; {how}) "
+        f"in {_elapsed(start)} -> {output}{saved}"
+    )
+
+
+@main.command()
+@_INPUT
+@_output_option
+@_model_options()
+@_common
+@_guarded
+def embed(
+    input_path, output, force, model, batch_key, layer, n_latent, max_steps, seed, device, threads, save_model
+) -> None:
+    """Embed the cells of IN.h5ad (latent only); write OUT.h5ad with obsm['X_biossl'].
+
+    Follow with `biossl annotate OUT.h5ad --reuse-embedding ...`, or reuse the model saved with
+    --save-model on other data (`--model DIR`).
+    """
+    start = time.perf_counter()
+    model = _check_model_option(model, save_model)
+    _check_io(input_path, {"output": output, "--save-model": save_model}, force=force)
+    with _threads(threads):
+        adata = _read(input_path)
+        how = _embed(
+            adata, model=model, batch_key=batch_key, layer=layer, n_latent=n_latent, max_steps=max_steps, seed=seed,
+            device=device, save_model=save_model, force=force,
+        )  # fmt: skip
+        _write_h5ad(adata, output, force=force)
+    saved = f"; model saved to {save_model}" if save_model else ""
+    _echo_summary(
+        f"embedded {adata.n_obs} cells x {int(adata.var['biossl_hvg'].sum())} genes ({how} latent) "
+        f"in {_elapsed(start)} -> {output}{saved}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# evaluate / demo
+
+
+def _hidden_split(truth, known, k: int, seed: int):
+    """Labelled mask: ``k`` per class among cells with a known truth label (biossl.metrics.fewlabel_split)."""
+    import numpy as np
+
+    from .metrics import fewlabel_split
+
+    mask = np.zeros(len(truth), dtype=bool)
+    mask[known] = fewlabel_split(truth[known], k, seed)
+    return mask
+
+
+@main.command()
+@_INPUT
+@click.option("--labels-key", required=True, metavar="KEY", help="obs column with the true labels of (most) cells.")
+@click.option(
+    "--unlabeled-category", default="Unknown", show_default=True, help="Value of cells without a true label (skipped)."
+)
+@click.option("--k", "k_text", default="1,3,5", show_default=True, help="Labelled cells per type: list or range.")
+@click.option("--seeds", "seeds_text", default="0-4", show_default=True, help="Split seeds: list or range.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the scores as JSON here.")
+@click.option("--force", is_flag=True, help="Overwrite an existing --json file.")
+@click.option("--unknown-threshold", type=float, help="Call cells 'Unknown' below this confidence (0-1).")
+@click.option("--n-neighbors", type=click.IntRange(min=2), default=15, show_default=True, help="Neighbours per cell.")
+@click.option("--reuse-embedding", is_flag=True, help="Use obsm['X_biossl'] already in IN instead of embedding.")
+@_model_options(save=False)
+@_common
+@_guarded
+def evaluate(
+    input_path, labels_key, unlabeled_category, k_text, seeds_text, json_path, force, unknown_threshold, n_neighbors,
+    reuse_embedding, model, batch_key, layer, n_latent, max_steps, seed, device, threads,
+) -> None:  # fmt: skip
+    """Score few-label annotation on fully labelled IN.h5ad: hide labels, annotate, macro-F1 per k.
+
+    For every k and seed, k cells per type keep their label (biossl.metrics.fewlabel_split) and the rest
+    are hidden; biossl annotates them and is scored by macro-F1 (and accuracy) on the hidden cells.
+    The embedding and the graph use no labels, so they are computed once. IN is not modified.
+    """
+    start = time.perf_counter()
+    ks = _parse_ints(k_text, "--k", minimum=1)
+    seeds = _parse_ints(seeds_text, "--seeds", minimum=0)
+    if reuse_embedding and model != "auto":
+        raise click.UsageError("--reuse-embedding cannot be combined with --model.")
+    model = _check_model_option(model, None)
+    _check_threshold(unknown_threshold)
+    _check_io(input_path, {"--json": json_path}, force=force)
+    with _threads(threads):
+        import numpy as np
+        import pandas as pd
+
+        import biossl
+
+        from .metrics import macro_f1
+
+        adata = _read(input_path)
+        if labels_key not in adata.obs:
+            raise CliError(f"labels_key={labels_key!r} is not a column of obs (have: {list(adata.obs.columns)[:10]}).")
+        col = adata.obs[labels_key]
+        known = col.notna().to_numpy() & (col.astype(str).to_numpy() != str(unlabeled_category))
+        truth = col.astype(str).to_numpy()
+        classes = sorted(set(truth[known]))
+        if len(classes) < 2:
+            raise CliError(f"obs[{labels_key!r}] has {len(classes)} labelled type(s); evaluation needs at least two.")
+        if reuse_embedding:
+            if "X_biossl" not in adata.obsm:
+                raise CliError(f"{input_path!r} has no obsm['X_biossl']; drop --reuse-embedding.")
+            how = "reused embedding"
+        else:
+            how = _embed(
+                adata, model=model, batch_key=batch_key, layer=layer, n_latent=n_latent, max_steps=max_steps,
+                seed=seed, device=device, save_model=None, force=False,
+            )  # fmt: skip
+        biossl.tl.neighbors(adata, n_neighbors=n_neighbors, seed=seed)
+        key = "_biossl_evaluate_labels"
+        runs = []
+        for k in ks:
+            for split_seed in seeds:
+                t0 = time.perf_counter()
+                labelled = _hidden_split(truth, known, k, split_seed)
+                hidden = known & ~labelled
+                adata.obs[key] = pd.Categorical(np.where(labelled, truth, None), categories=classes)
+                biossl.tl.annotate(adata, key, unlabeled_category=None, unknown_threshold=unknown_threshold)
+                pred = adata.obs["biossl_label"].astype(str).to_numpy()
+                runs.append(
+                    {
+                        "k": k,
+                        "seed": split_seed,
+                        "n_labelled": int(labelled.sum()),
+                        "n_hidden": int(hidden.sum()),
+                        "macro_f1": macro_f1(truth[hidden], pred[hidden]),
+                        "accuracy": float(np.mean(truth[hidden] == pred[hidden])),
+                        "seconds": round(time.perf_counter() - t0, 3),
+                    }
+                )
+    table = pd.DataFrame(runs)
+    summary = []
+    for k, grp in table.groupby("k", sort=True):
+        ddof = 1 if len(grp) > 1 else 0
+        summary.append(
+            {
+                "k": int(k),
+                "n_seeds": len(grp),
+                "n_labelled": float(grp["n_labelled"].mean()),
+                "macro_f1_mean": float(grp["macro_f1"].mean()),
+                "macro_f1_sd": float(grp["macro_f1"].std(ddof=ddof)),
+                "accuracy_mean": float(grp["accuracy"].mean()),
+                "accuracy_sd": float(grp["accuracy"].std(ddof=ddof)),
+            }
+        )
+    click.echo(f"{'k':>4}  {'labelled':>8}  {'macro-F1 (mean ± sd)':>20}  {'accuracy (mean ± sd)':>20}")
+    for row in summary:
+        f1 = f"{row['macro_f1_mean']:.3f} ± {row['macro_f1_sd']:.3f}"
+        acc = f"{row['accuracy_mean']:.3f} ± {row['accuracy_sd']:.3f}"
+        click.echo(f"{row['k']:>4}  {row['n_labelled']:>8.0f}  {f1:>20}  {acc:>20}")
+    if json_path is not None:
+        from ._io import write_text_atomic
+
+        doc = {
+            "input": str(input_path),
+            "labels_key": labels_key,
+            "n_cells": int(adata.n_obs),
+            "n_types": len(classes),
+            "embedding": how,
+            "embed": {"model": model, "seed": seed, "max_steps": max_steps, "batch_key": batch_key},
+            "n_neighbors": n_neighbors,
+            "unknown_threshold": unknown_threshold,
+            "summary": summary,
+            "runs": runs,
+            "biossl_version": __version__,
+        }
+        write_text_atomic(json.dumps(doc, indent=2) + "\n", json_path, overwrite=force)
+    wrote = f" -> {json_path}" if json_path else ""
+    _echo_summary(
+        f"evaluated {adata.n_obs} cells, {len(classes)} types, k={','.join(map(str, ks))} x {len(seeds)} seeds "
+        f"({how}) in {_elapsed(start)}{wrote}"
+    )
+
+
+@main.command()
+@click.option(
+    "--out", "out_dir", default="demo_output", show_default=True, type=click.Path(file_okay=False),
+    help="Directory for the outputs (the demo's own files in it are overwritten).",
+)  # fmt: skip
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the label split and the embedding.")
+@click.option("--threads", type=click.IntRange(min=1), help="Threads for torch and BLAS.")
+@_common
+@_guarded
+def demo(out_dir, seed, threads) -> None:
+    """Annotate the bundled PBMC 3k data from 5 labels per cell type and score it.
+
+    Keeps 5 labels per type (obs['labels']), hides the rest, annotates, prints macro-F1 against the
+    hidden labels and writes DIR/pbmc3k_annotated.h5ad and DIR/pbmc3k_umap.png. Rerunning replaces them.
+    """
+    start = time.perf_counter()
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {out_dir!r} exists and is not a directory.")
+    with _threads(threads):
+        import pandas as pd
+
+        import biossl
+
+        from .metrics import fewlabel_split, macro_f1
+
+        adata = biossl.datasets.pbmc()
+        truth = adata.obs["cell_type"].astype(str)
+        labelled = fewlabel_split(truth.to_numpy(), 5, seed)
+        adata.obs["labels"] = pd.Categorical(truth.where(labelled), categories=sorted(set(truth)))
+        biossl.pp.setup(adata)
+        biossl.tl.embed(adata, seed=seed, progress=None)
+        biossl.tl.neighbors(adata, seed=seed)
+        biossl.tl.annotate(adata, "labels")
+        hidden = ~labelled
+        score = macro_f1(truth[hidden], adata.obs["biossl_label"].astype(str)[hidden])
+        out.mkdir(parents=True, exist_ok=True)
+        _plot(adata, out / DEMO_PNG, key="biossl", force=True)
+        _write_h5ad(adata, str(out / DEMO_H5AD), force=True)
+    n_types = adata.obs["labels"].cat.categories.size
+    _echo_summary(
+        f"demo: annotated {adata.n_obs} PBMCs from {int(labelled.sum())} labels ({n_types} types): macro-F1 "
+        f"{score:.3f} on the {int(hidden.sum())} hidden cells in {_elapsed(start)} "
+        f"-> {out / DEMO_H5AD}, {out / DEMO_PNG}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# info
+
+
+def _h5ad_info(path: str) -> dict:
+    """The biossl keys of an h5ad file, read with h5py (nothing but the small biossl parts is loaded)."""
+    import h5py
+    from anndata.io import read_elem
+
+    def shape(node) -> list[int] | None:
+        if isinstance(node, h5py.Dataset):
+            return list(node.shape)
+        if "shape" in node.attrs:
+            return [int(s) for s in node.attrs["shape"]]
+        return None
+
+    def plain(obj):
+        if isinstance(obj, dict):
+            return {k: plain(v) for k, v in obj.items()}
+        if hasattr(obj, "tolist"):
+            return obj.tolist()
+        return obj
+
+    try:
+        fh = h5py.File(path, "r")
+    except OSError as err:
+        raise ValueError(f"cannot read {path!r} as an h5ad file ({_one_line(err)}).") from None
+    with fh:
+        if "obs" not in fh or "var" not in fh:
+            raise ValueError(f"{path!r} is an HDF5 file but not an h5ad file (no obs/var groups).")
+        n_obs = len(fh["obs"][fh["obs"].attrs.get("_index", "_index")])
+        n_vars = len(fh["var"][fh["var"].attrs.get("_index", "_index")])
+        info: dict = {"path": path, "kind": "h5ad", "n_obs": n_obs, "n_vars": n_vars}
+        info["uns"] = plain(read_elem(fh["uns/biossl"])) if "uns/biossl" in fh else None
+        for group in ("obsm", "obsp", "layers"):
+            if group in fh:
+                info[group] = {
+                    k: shape(fh[group][k]) for k in fh[group] if k.startswith(("biossl", "X_biossl")) or k == "counts"
+                }
+        info["obs"] = {}
+        for k in fh["obs"]:
+            if not k.startswith("biossl"):
+                continue
+            values = read_elem(fh["obs"][k])
+            if hasattr(values, "categories"):
+                import pandas as pd
+
+                info["obs"][k] = {str(c): int(n) for c, n in pd.Series(values).value_counts(sort=True).items()}
+            else:
+                info["obs"][k] = f"{getattr(values, 'dtype', type(values).__name__)}"
+        info["var"] = {"biossl_hvg": int(read_elem(fh["var/biossl_hvg"]).sum())} if "var/biossl_hvg" in fh else {}
+        info["uns_other"] = (
+            sorted(k for k in fh["uns"] if k.startswith("biossl") and k != "biossl") if "uns" in fh else []
+        )
+    return info
+
+
+def _model_info(path: str) -> dict:
+    """What a model directory holds, from config.json (no torch import)."""
+    directory = Path(path)
+    cfg_path = directory / "config.json"
+    if not cfg_path.is_file():
+        raise ValueError(f"{path!r} is a directory but not a biossl model (no config.json).")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{cfg_path} is not valid JSON ({_one_line(err)}).") from None
+    if not isinstance(cfg, dict) or "format_version" not in cfg:
+        raise ValueError(f"{cfg_path} has no format_version; it was not written by biossl.")
+    files = {p.name: p.stat().st_size for p in sorted(directory.iterdir()) if p.is_file()}
+    return {
+        "path": path,
+        "kind": "model",
+        "format_version": cfg.get("format_version"),
+        "model": cfg.get("model"),
+        "n_latent": cfg.get("n_latent"),
+        "n_genes": len(cfg.get("genes", [])),
+        "batches": cfg.get("batches", []),
+        "adversarial": cfg.get("adversarial"),
+        "training": cfg.get("training", {}),
+        "adapted": cfg.get("adapted"),
+        "reference": cfg.get("reference"),
+        "versions": cfg.get("versions", {}),
+        "files": files,
+    }
+
+
+def _print_info(info: dict) -> None:
+    if info["kind"] == "model":
+        tr = info["training"]
+        click.echo(f"{info['path']}: biossl model directory (format {info['format_version']})")
+        click.echo(f"  model: {info['model']}, {info['n_latent']}-d latent, {info['n_genes']} genes")
+        click.echo(f"  batches: {', '.join(map(str, info['batches'])) or 'none'}; adversarial: {info['adversarial']}")
+        click.echo(
+            f"  training: {tr.get('steps')} of {tr.get('max_steps')} steps on {tr.get('n_cells')} cells, "
+            f"seed {tr.get('seed')}"
+        )
+        if info.get("reference"):
+            ref = info["reference"]
+            click.echo(
+                f"  reference: {ref.get('n_cells')} cells, {len(ref.get('classes', []))} classes "
+                f"(labels_key {ref.get('labels_key')!r})"
+            )
+        if info["versions"]:
+            click.echo("  versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
+        click.echo("  files: " + ", ".join(f"{k} ({v:,} bytes)" for k, v in info["files"].items()))
+        return
+    click.echo(f"{info['path']}: {info['n_obs']} cells x {info['n_vars']} genes")
+    uns = info["uns"]
+    if uns is None:
+        click.echo("  no uns['biossl']: biossl has not run on this file")
+    else:
+        steps = [k for k in uns if isinstance(uns[k], dict)]
+        click.echo(f"  uns['biossl']: biossl {uns.get('version', '?')}, steps: {', '.join(steps) or 'none'}")
+        for step in steps:
+            params = {k: v for k, v in uns[step].items() if not isinstance(v, dict | list)}
+            click.echo(f"    {step}: " + ", ".join(f"{k}={v}" for k, v in params.items()))
+        if "classes" in uns:
+            click.echo(f"    classes: {', '.join(map(str, uns['classes']))}")
+    for group in ("obsm", "obsp", "layers"):
+        for key, shp in info.get(group, {}).items():
+            click.echo(f"  {group}['{key}']: {' x '.join(map(str, shp)) if shp else '?'}")
+    for key, val in info["obs"].items():
+        if isinstance(val, dict):
+            click.echo(f"  obs['{key}']: " + ", ".join(f"{c} {n}" for c, n in val.items()))
+        else:
+            click.echo(f"  obs['{key}']: {val}")
+    for key, val in info["var"].items():
+        click.echo(f"  var['{key}']: {val} genes selected")
+    for key in info["uns_other"]:
+        click.echo(f"  uns['{key}']")
+
+
+@main.command()
+@click.argument("path", metavar="FILE.h5ad|MODEL_DIR", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the information as JSON.")
+@_common
+@_guarded
+def info(path, as_json) -> None:
+    """Show what biossl wrote into an h5ad file, or what a saved model directory holds."""
+    target = Path(path)
+    if not target.exists():
+        raise CliError(f"{path!r} does not exist.")
+    data = _model_info(path) if target.is_dir() else _h5ad_info(path)
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        _print_info(data)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# report steps used by the workflow
+
+
+def _sample_summary(adata, sample: str, truth_key: str | None, key: str) -> tuple[dict, list[dict]]:
+    """One row of sample-level numbers and one row per predicted label."""
+    import numpy as np
+
+    from .metrics import macro_f1, per_class_f1
+
+    label_col = f"{key}_label"
+    for col in (label_col, f"{key}_confidence"):
+        if col not in adata.obs:
+            raise CliError(f"obs[{col!r}] not found; run `biossl annotate` on this file first.")
+    rec = adata.uns.get("biossl", {}).get("annotate", {})
+    pred = adata.obs[label_col].astype(str).to_numpy()
+    conf = adata.obs[f"{key}_confidence"].to_numpy(dtype=float)
+    seeds = np.zeros(adata.n_obs, dtype=bool)
+    labels_key = rec.get("labels_key")
+    if labels_key is not None and labels_key in adata.obs:
+        col = adata.obs[labels_key]
+        seeds = col.notna().to_numpy()
+        if rec.get("unlabeled_category") is not None:
+            seeds &= col.astype(str).to_numpy() != str(rec["unlabeled_category"])
+    query = ~seeds
+    f1 = {}
+    row = {
+        "sample": sample,
+        "n_cells": int(adata.n_obs),
+        "n_labelled": int(seeds.sum()),
+        "n_types": len(adata.uns.get("biossl", {}).get("classes", [])),
+        "n_unknown": int((pred == "Unknown").sum()),
+        "frac_unknown": float((pred == "Unknown").mean()),
+        "mean_confidence": float(conf[query].mean()) if query.any() else float("nan"),
+        "macro_f1": float("nan"),
+        "accuracy": float("nan"),
+        "embedding": str(adata.uns.get("biossl", {}).get("embed", {}).get("model", "")),
+    }
+    if truth_key is not None:
+        if truth_key not in adata.obs:
+            raise CliError(f"--truth-key {truth_key!r} is not a column of obs (have: {list(adata.obs.columns)[:10]}).")
+        truth_col = adata.obs[truth_key]
+        scored = query & truth_col.notna().to_numpy()
+        truth = truth_col.astype(str).to_numpy()
+        if scored.any():
+            row["macro_f1"] = macro_f1(truth[scored], pred[scored])
+            row["accuracy"] = float(np.mean(truth[scored] == pred[scored]))
+            f1 = per_class_f1(truth[scored], pred[scored])
+    labels = []
+    for label in sorted(set(pred), key=lambda c: (c == "Unknown", c)):
+        sel = pred == label
+        labels.append(
+            {
+                "sample": sample,
+                "label": label,
+                "n_cells": int(sel.sum()),
+                "fraction": float(sel.mean()),
+                "n_labelled": int((sel & seeds).sum()),
+                "mean_confidence": float(conf[sel & query].mean()) if (sel & query).any() else float("nan"),
+                "f1": f1.get(label, float("nan")),
+            }
+        )
+    return row, labels
+
+
+def _tsv(rows: list[dict]) -> str:
+    import pandas as pd
+
+    return pd.DataFrame(rows).to_csv(sep="\t", index=False, float_format="%.4g", na_rep="NA")
+
+
+@main.command()
+@_INPUT
+@click.option("--tsv", "tsv_path", required=True, type=click.Path(dir_okay=False), help="Sample summary (one row).")
+@click.option("--labels-tsv", type=click.Path(dir_okay=False), help="Per-label table (cells, confidence, F1).")
+@click.option("--png", "png_path", type=click.Path(dir_okay=False), help="UMAP of labels and confidence.")
+@click.option("--sample", help="Sample name in the tables [default: file name without extension].")
+@click.option("--truth-key", metavar="KEY", help="obs column with true labels: adds macro-F1 on unlabelled cells.")
+@click.option("--key", default="biossl", show_default=True, help="key_added used by annotate.")
+@click.option("--force", is_flag=True, help="Overwrite existing outputs.")
+@click.option("--threads", type=click.IntRange(min=1), help="Threads for BLAS/numba (UMAP).")
+@_common
+@_guarded
+def summarize(input_path, tsv_path, labels_tsv, png_path, sample, truth_key, key, force, threads) -> None:
+    """Report on an annotated IN.h5ad: summary TSV, per-label TSV and UMAP PNG (used by the workflow)."""
+    start = time.perf_counter()
+    outputs = {"--tsv": tsv_path, "--labels-tsv": labels_tsv, "--png": png_path}
+    _check_io(input_path, outputs, force=force)
+    sample = sample or Path(input_path).name.split(".")[0]
+    with _threads(threads, torch=False):
+        from ._io import write_text_atomic
+
+        adata = _read(input_path)
+        row, labels = _sample_summary(adata, sample, truth_key, key)
+        if png_path is not None:
+            _plot(adata, png_path, key=key, force=force)
+        if labels_tsv is not None:
+            write_text_atomic(_tsv(labels), labels_tsv, overwrite=force)
+        write_text_atomic(_tsv([row]), tsv_path, overwrite=force)
+    f1 = f", macro-F1 {row['macro_f1']:.3f}" if row["macro_f1"] == row["macro_f1"] else ""
+    _echo_summary(
+        f"summarized {sample}: {row['n_cells']} cells, {row['n_labelled']} labels, {row['n_types']} types, "
+        f"{row['n_unknown']} Unknown{f1} in {_elapsed(start)} -> {tsv_path}"
+    )
+
+
+@main.command(hidden=True)
+@click.argument("tables", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Combined TSV.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+@_common
+@_guarded
+def aggregate(tables, output, force) -> None:
+    """Concatenate TSV tables with the same columns (the workflow's table over samples)."""
+    start = time.perf_counter()
+    for table in tables:
+        _check_io(table, {"output": output}, force=True)
+    _check_io(None, {"output": output}, force=force)
+    import pandas as pd
+
+    from ._io import write_text_atomic
+
+    frames = []
+    for table in tables:
+        try:
+            frame = pd.read_csv(table, sep="\t")
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+            raise CliError(f"cannot read {table!r} as a TSV table ({_one_line(err)}).") from None
+        if frames and list(frame.columns) != list(frames[0].columns):
+            raise CliError(f"{table!r} has other columns than {tables[0]!r}; only like tables can be combined.")
+        frames.append(frame)
+    combined = pd.concat(frames, ignore_index=True)
+    write_text_atomic(combined.to_csv(sep="\t", index=False, float_format="%.4g", na_rep="NA"), output, overwrite=force)
+    _echo_summary(f"combined {len(tables)} tables ({len(combined)} rows) in {_elapsed(start)} -> {output}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# workflow
+
+
+def workflow_source() -> Path:
+    """The Snakemake workflow shipped with biossl: ``biossl/workflows`` (wheel) or the checkout's ``workflows/``."""
+    here = Path(__file__).resolve().parent
+    for base in (here / "workflows", here.parent / "workflows"):
+        if (base / "Snakefile").is_file():
+            return base
+    raise CliError("the Snakemake workflow is not installed with this copy of biossl (no workflows/Snakefile).")
+
+
+def _workflow_files(src: Path) -> list[Path]:
+    skip = {"__pycache__", ".snakemake", ".ruff_cache"}
+    return sorted(
+        p.relative_to(src)
+        for p in src.rglob("*")
+        if p.is_file() and not skip.intersection(p.relative_to(src).parts) and p.suffix != ".pyc"
+    )
+
+
+@main.group()
+@_common
+def workflow() -> None:
+    """The Snakemake workflow (embed → annotate → report per sample, a table over samples)."""
+
+
+@workflow.command("init")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--example", is_flag=True, help="Also write data/pbmc3k.h5ad (5 labels per type) used by config.yaml.")
+@click.option("--force", is_flag=True, help="Overwrite files that already exist in DIRECTORY.")
+@_common
+@_guarded
+def workflow_init(directory, example, force) -> None:
+    """Copy the Snakemake workflow and a starter config.yaml into DIRECTORY.
+
+    \b
+    Then edit DIRECTORY/config.yaml and run, from DIRECTORY:
+      snakemake --cores 2                       # or: --profile profiles/local
+      snakemake --profile profiles/slurm        # on a SLURM cluster
+    """  # noqa: D301
+    start = time.perf_counter()
+    src = workflow_source()
+    dest = Path(directory)
+    files = _workflow_files(src)
+    targets = [dest / f for f in files]
+    example_path = dest / "data" / "pbmc3k.h5ad"
+    if example:
+        targets.append(example_path)
+    existing = [str(t) for t in targets if t.exists()]
+    if existing and not force:
+        raise CliError(f"{len(existing)} file(s) already exist in {directory!r} (e.g. {existing[0]}); pass --force.")
+    from ._io import atomic_path
+
+    for rel in files:
+        with atomic_path(dest / rel, overwrite=True) as tmp:
+            shutil.copyfile(src / rel, tmp)
+        shutil.copymode(src / rel, dest / rel)
+    if example:
+        import pandas as pd
+
+        import biossl
+
+        from .metrics import fewlabel_split
+
+        adata = biossl.datasets.pbmc()
+        truth = adata.obs["cell_type"].astype(str)
+        mask = fewlabel_split(truth.to_numpy(), 5, 0)
+        adata.obs["labels"] = pd.Categorical(truth.where(mask), categories=sorted(set(truth)))
+        _write_h5ad(adata, str(example_path), force=True)
+    extra = f" and {example_path}" if example else ""
+    _echo_summary(
+        f"copied the workflow ({len(files)} files){extra} to {directory} in {_elapsed(start)}; "
+        f"edit {dest / 'config.yaml'}, then run `snakemake --cores 2` in {directory}"
+    )
