@@ -125,8 +125,8 @@ def _parse_ints(text: str, name: str, *, minimum: int) -> list[int]:
         if not part:
             continue
         try:
-            if "-" in part[1:]:
-                lo, hi = part.split("-", 1) if not part.startswith("-") else ("-" + part[1:].split("-", 1)[0], "")
+            if "-" in part:
+                lo, hi = part.split("-", 1)
                 lo_i, hi_i = int(lo), int(hi)
                 if hi_i < lo_i:
                     raise ValueError
@@ -376,7 +376,7 @@ _INPUT = click.argument("input_path", metavar="IN.h5ad", type=click.Path(dir_oka
 # the group
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(name="biossl", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @_common
 def main() -> None:
     """biossl: few-label cell-type annotation on h5ad files.
@@ -705,7 +705,7 @@ def _h5ad_info(path: str) -> dict:
         raise ValueError(f"cannot read {path!r} as an h5ad file ({_one_line(err)}).") from None
     with fh:
         if "obs" not in fh or "var" not in fh:
-            raise ValueError(f"{path!r} is an HDF5 file but not an h5ad file (no obs/var groups).")
+            raise ValueError(f"cannot read {path!r} as an h5ad file (an HDF5 file without obs/var groups).")
         n_obs = len(fh["obs"][fh["obs"].attrs.get("_index", "_index")])
         n_vars = len(fh["var"][fh["var"].attrs.get("_index", "_index")])
         info: dict = {"path": path, "kind": "h5ad", "n_obs": n_obs, "n_vars": n_vars}
