@@ -1,0 +1,144 @@
+"""The Snakemake workflow: lint, schema validation, dry run, and a real two-sample run with a failure and a rerun."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from biossl.cli import workflow_source
+from biossl.metrics import fewlabel_split
+
+pytest.importorskip("snakemake")
+
+WORKFLOW = workflow_source()
+SNAKEFILE = WORKFLOW / "Snakefile"
+N_CELLS = 600
+
+
+def snakemake(workdir: Path, *args: str, configfile: Path | None = None) -> subprocess.CompletedProcess:
+    """Run snakemake on the shipped Snakefile in ``workdir``, with this interpreter's ``biossl`` on PATH."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "-d", str(workdir)]
+    if configfile is not None:
+        cmd += ["--configfile", str(configfile)]
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, env=env, cwd=workdir)
+
+
+def write_config(path: Path, **entries) -> Path:
+    path.write_text(yaml.safe_dump(entries))
+    return path
+
+
+@pytest.fixture(scope="module")
+def samples(_pbmc_full, tmp_path_factory) -> dict[str, Path]:
+    """Two disjoint 600-cell pbmc3k samples with 5 labels per type in obs["labels"] (truth in cell_type)."""
+    directory = tmp_path_factory.mktemp("samples")
+    order = np.random.default_rng(1).permutation(_pbmc_full.n_obs)
+    paths = {}
+    for i, name in enumerate(("donor_a", "donor_b")):
+        adata = _pbmc_full[np.sort(order[i * N_CELLS : (i + 1) * N_CELLS])].copy()
+        truth = adata.obs["cell_type"].astype(str)
+        adata.obs["labels"] = pd.Categorical(truth.where(fewlabel_split(truth.to_numpy(), 5, 0)))
+        paths[name] = directory / f"{name}.h5ad"
+        adata.write_h5ad(paths[name])
+    return paths
+
+
+def test_lint(tmp_path):
+    proc = snakemake(tmp_path, "--lint", configfile=WORKFLOW / "config.yaml")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Congratulations" in proc.stdout + proc.stderr
+
+
+def test_every_rule_has_log_threads_resources_and_conda():
+    text = SNAKEFILE.read_text()
+    rules = [block for block in text.split("\nrule ")[1:] if not block.startswith("all:")]
+    assert {b.split(":")[0] for b in rules} == {"embed", "annotate", "report", "aggregate"}
+    for block in rules:
+        for directive in (
+            "log:",
+            "threads:",
+            "resources:",
+            "mem_mb=",
+            "runtime=",
+            'conda:\n        "envs/biossl.yaml"',
+        ):
+            assert directive in block, f"rule {block.split(':')[0]} lacks {directive}"
+        assert "biossl " in block.split("shell:")[1], "rules call the biossl CLI"
+    for profile in ("local", "slurm"):
+        assert yaml.safe_load((WORKFLOW / "profiles" / profile / "config.yaml").read_text())
+    slurm = yaml.safe_load((WORKFLOW / "profiles" / "slurm" / "config.yaml").read_text())
+    assert slurm["executor"] == "slurm" and {"mem_mb", "runtime"} <= set(slurm["default-resources"])
+
+
+def test_dry_run(samples, tmp_path):
+    config = write_config(
+        tmp_path / "config.yaml", samples={k: str(v) for k, v in samples.items()}, labels_key="labels"
+    )
+    proc = snakemake(tmp_path, "-n", "--cores", "2", configfile=config)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout + proc.stderr
+    for rule, count in (("embed", 2), ("annotate", 2), ("report", 2), ("aggregate", 1)):
+        assert any(line.split() == [rule, str(count)] for line in out.splitlines()), f"{rule} x{count} not planned"
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize(
+    ("entries", "needle"),
+    [
+        ({"samples": {"a": "a.h5ad"}}, "labels_key"),
+        ({"samples": {"a": "a.h5ad"}, "labels_key": "labels", "embed": {"modle": "vae"}}, "modle"),
+        ({"samples": {"a": "a.h5ad"}, "labels_key": "labels", "annotate": {"unknown_threshold": 2}}, "maximum"),
+        ({"samples": {}, "labels_key": "labels"}, "samples"),
+    ],
+    ids=["no labels_key", "misspelt option", "threshold > 1", "no samples"],
+)
+def test_config_is_validated(tmp_path, entries, needle):
+    proc = snakemake(tmp_path, "-n", configfile=write_config(tmp_path / "config.yaml", **entries))
+    assert proc.returncode != 0
+    assert needle in proc.stdout + proc.stderr
+
+
+def test_real_run_failure_leaves_no_partial_output_and_rerun_completes(samples, tmp_path):
+    broken = tmp_path / "donor_b.h5ad"
+    broken.write_text("not an h5ad file")
+    config = write_config(
+        tmp_path / "config.yaml",
+        samples={"donor_a": str(samples["donor_a"]), "donor_b": broken.name},
+        labels_key="labels",
+        truth_key="cell_type",
+        resources={"embed": {"threads": 1}, "annotate": {"threads": 1}},
+    )
+    first = snakemake(tmp_path, "--cores", "2", "--keep-going", configfile=config)
+    assert first.returncode != 0, "a broken sample must fail the run"
+    results = tmp_path / "results"
+    assert (results / "donor_a" / "umap.png").exists(), first.stderr
+    assert not (results / "donor_b").exists(), "the failed job left output behind"
+    assert not (results / "summary.tsv").exists()
+    assert "error: cannot read" in (results / "logs" / "embed" / "donor_b.log").read_text()
+    done_a = {p: p.stat().st_mtime_ns for p in (results / "donor_a").iterdir()}
+
+    broken.write_bytes(samples["donor_b"].read_bytes())
+    second = snakemake(tmp_path, "--cores", "2", configfile=config)
+    assert second.returncode == 0, second.stdout + second.stderr
+    summary = pd.read_csv(results / "summary.tsv", sep="\t")
+    assert list(summary["sample"]) == ["donor_a", "donor_b"]
+    assert (summary["n_cells"] == N_CELLS).all() and (summary["n_types"] == 9).all()
+    assert (summary["macro_f1"] > 0.4).all(), summary
+    labels = pd.read_csv(results / "labels.tsv", sep="\t")
+    assert labels.groupby("sample")["n_cells"].sum().tolist() == [N_CELLS, N_CELLS]
+    for name in samples:
+        for file in ("embedded.h5ad", "annotated.h5ad", "summary.tsv", "labels.tsv", "umap.png"):
+            assert (results / name / file).stat().st_size > 0
+    assert {p: p.stat().st_mtime_ns for p in (results / "donor_a").iterdir()} == done_a, "donor_a was redone"
+    third = snakemake(tmp_path, "--cores", "2", configfile=config)
+    assert third.returncode == 0 and "Nothing to be done" in third.stdout + third.stderr
+    leftovers = [p for p in results.rglob(".*") if p.is_file()]
+    assert not leftovers, leftovers
