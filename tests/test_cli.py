@@ -362,7 +362,6 @@ def test_demo_is_rerunnable(pbmc_small, tmp_path, monkeypatch):
     assert (result.obs["labels"].notna().to_numpy() == expected).all()
 
 
-@pytest.mark.slow
 def test_demo_on_pbmc3k(tmp_path):
     stdout = ok(run("demo", "--out", tmp_path / "demo"))
     score = float(stdout.split("macro-F1")[1].split()[0])
