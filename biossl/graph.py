@@ -62,7 +62,7 @@ def gaussian_affinity(idx: np.ndarray, dist: np.ndarray) -> sp.csr_matrix:
     symmetrised as a fuzzy union ``W + W^T - W∘W^T`` so an edge exists if either cell chose the other.
     """
     n, k = idx.shape
-    sigma = np.maximum(dist[:, k // 2], 1e-8)
+    sigma = _kernel_widths(dist)
     w = np.exp(-(dist**2) / (sigma[:, None] * sigma[idx]))
     W = sp.csr_matrix((w.ravel(), idx.ravel(), np.arange(0, n * k + 1, k)), shape=(n, n))
     Wt = W.T.tocsr()
@@ -70,6 +70,21 @@ def gaussian_affinity(idx: np.ndarray, dist: np.ndarray) -> sp.csr_matrix:
     W.setdiag(0)
     W.eliminate_zeros()
     return W
+
+
+def _kernel_widths(dist: np.ndarray) -> np.ndarray:
+    """Per-cell kernel width: distance to the middle neighbour, kept on the scale of the row's distances.
+
+    Duplicated cells have a middle-neighbour distance of (almost) 0, which would cut every edge to other
+    cells; half the row's mean distance is a floor that leaves ordinary cells unchanged (their middle
+    distance is close to the mean) but keeps duplicates connected. Rows of exact copies only take the
+    median width.
+    """
+    k = dist.shape[1]
+    sigma = np.maximum(dist[:, k // 2].astype(np.float64), 0.5 * dist.mean(1))
+    positive = sigma > 0
+    typical = float(np.median(sigma[positive])) if positive.any() else 1.0
+    return np.where(positive, sigma, typical)
 
 
 def propagate(

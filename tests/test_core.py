@@ -199,14 +199,6 @@ def test_unreachable_cells_are_unknown():
     assert adata.uns["biossl"]["annotate"]["n_unknown"] == int(island.sum())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="graph.gaussian_affinity: a cell with >= k/2 identical neighbours gets kernel width ~0 (floored at "
-    "1e-8), so w = exp(-d^2/(s_i*s_j)) underflows to 0 on all its kNN edges to other cells: 10 identical cells "
-    "(k=15) keep 60 kNN edges to the rest but no weight, are cut off and called Unknown. Fix needs a width floor "
-    "on the data's scale (cf. UMAP's MIN_K_DIST_SCALE) or a positive weight floor on kNN edges; changes the "
-    "graph for everyone, so left to the graph's owner.",
-)
 def test_identical_cells_are_annotated(sim):
     X = sim.X.toarray()
     X[:10] = X[0]  # 10 cells with the same counts (e.g. very shallow cells, or a sample concatenated twice)

@@ -19,26 +19,49 @@ from .io import FORMAT_VERSION, WEIGHTS, read_config, read_weights, write_dir_at
 from .train import onehot, resolve_device, rows_to_tensor, train
 from .vae import CountAutoencoder
 
-__all__ = ["EmbeddingModel", "align_genes"]
+__all__ = ["EmbeddingModel", "align_genes", "gene_ids"]
 
 logger = logging.getLogger("biossl")
 
 KINDS = ("vae", "ae")
 
 
+def gene_ids(adata: AnnData, gene_key: str | None = None) -> pd.Index:
+    """Gene identifiers of ``adata``: ``var_names`` or the column ``var[gene_key]`` (e.g. Ensembl ids)."""
+    if gene_key is None:
+        return adata.var_names.astype(str)
+    if gene_key not in adata.var:
+        raise ValueError(f"gene_key={gene_key!r} is not a column of adata.var (have: {list(adata.var.columns)[:10]}).")
+    col = adata.var[gene_key]
+    if col.isna().any():
+        raise ValueError(f"adata.var[{gene_key!r}] has {int(col.isna().sum())} missing gene ids.")
+    return pd.Index(col.astype(str))
+
+
 def align_genes(
-    adata: AnnData, genes: list[str], *, counts: str = "X", min_overlap: float = 0.5, case_sensitive: bool = True
+    adata: AnnData,
+    genes: list[str],
+    *,
+    counts: str = "X",
+    min_overlap: float = 0.5,
+    case_sensitive: bool = True,
+    gene_key: str | None = None,
 ) -> tuple[sp.csr_matrix, np.ndarray, dict]:
     """Counts of ``adata`` in the order of ``genes`` (missing genes zero-filled).
 
-    Returns the CSR matrix, a 0/1 mask of genes present, and an overlap report. Raises ValueError
-    when fewer than ``min_overlap`` of ``genes`` are found.
+    Genes are matched on ``var_names`` or ``var[gene_key]``, optionally ignoring case. Returns the CSR
+    matrix, a 0/1 mask of genes present, and an overlap report. Raises ValueError when fewer than
+    ``min_overlap`` of ``genes`` are found.
     """
-    names = adata.var_names.astype(str)
+    names = gene_ids(adata, gene_key)
     key = (lambda s: s) if case_sensitive else (lambda s: s.upper())
     lookup = pd.Index([key(g) for g in names])
     if not lookup.is_unique:
-        raise ValueError("gene names are not unique after case folding; run adata.var_names_make_unique().")
+        dup = lookup[lookup.duplicated()][0]
+        raise ValueError(
+            f"gene identifiers are not unique (e.g. {dup!r}{'' if case_sensitive else ' after case folding'}); "
+            "make them unique first (adata.var_names_make_unique())."
+        )
     pos = lookup.get_indexer([key(g) for g in genes])
     present = pos >= 0
     n_model = len(genes)
@@ -198,13 +221,14 @@ class EmbeddingModel:
         counts: str | None = None,
         min_overlap: float = 0.5,
         case_sensitive: bool = True,
+        gene_key: str | None = None,
     ) -> tuple[np.ndarray, dict]:
         """Embed ``adata`` (genes aligned by name) and return the latent and the gene-overlap report."""
         from ..pp import check_batch, find_counts
 
         where = counts or find_counts(adata)
         X, _, report = align_genes(
-            adata, self.genes, counts=where, min_overlap=min_overlap, case_sensitive=case_sensitive
+            adata, self.genes, counts=where, min_overlap=min_overlap, case_sensitive=case_sensitive, gene_key=gene_key
         )
         if report["n_missing"]:
             logger.warning(
@@ -220,6 +244,83 @@ class EmbeddingModel:
             return np.full(n, -1 if self.batches else 0, dtype=np.int64)
         lookup = {b: i for i, b in enumerate(self.batches)}
         return np.array([lookup.get(str(b), -1) for b in batch], dtype=np.int64)
+
+    def adapt(
+        self,
+        X,
+        new_batches: list[str],
+        batch_codes: np.ndarray,
+        *,
+        gene_mask: np.ndarray | None = None,
+        max_steps: int = 500,
+        seed: int = 0,
+        progress: bool | None = None,
+    ) -> EmbeddingModel:
+        """A copy of the model extended with ``new_batches``, fitted to counts ``X`` of those batches.
+
+        Architecture surgery in the spirit of scArches (Lotfollahi et al. 2022, Nat Biotechnol 40:121):
+        one-hot columns for the new batches are added to the first encoder and decoder layers and only
+        their weights are trained; every weight of the reference model stays frozen, so the reference
+        latent does not move. ``batch_codes`` index the extended list (old batches first).
+        """
+        old = self.module
+        n_old, n_new = old.n_batches, len(new_batches)
+        cfg = self.config
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            module = CountAutoencoder(
+                old.n_genes,
+                n_old + n_new,
+                n_latent=old.n_latent,
+                n_hidden=int(cfg["n_hidden"]),
+                n_layers=int(cfg["n_layers"]),
+                dropout=float(cfg["dropout"]),
+                variational=old.variational,
+                adversarial=False,
+            ).to(self.device)
+            state = old.state_dict()
+            new_state = module.state_dict()
+            for name, tensor in new_state.items():
+                if name not in state:
+                    continue
+                src = state[name]
+                if src.shape == tensor.shape:
+                    new_state[name] = src.clone()
+                else:  # a first layer: copy the old columns, new batch columns start at zero
+                    block = torch.zeros_like(tensor)
+                    block[:, : src.shape[1]] = src
+                    new_state[name] = block
+            module.load_state_dict(new_state)
+            first_layers = [module.encoder[0].weight, module.decoder[0].weight]
+            for p in module.parameters():
+                p.requires_grad_(False)
+            for w in first_layers:
+                w.requires_grad_(True)
+                keep = torch.zeros_like(w)
+                keep[:, w.shape[1] - n_new :] = 1.0
+                w.register_hook(lambda g, keep=keep: g * keep)
+            history = train(
+                module,
+                sp.csr_matrix(X, dtype=np.float32),
+                batch_codes,
+                max_steps=max_steps,
+                kl_warmup=0.0,
+                weight_decay=0.0,
+                seed=seed,
+                device=self.device,
+                progress=progress,
+                parameters=first_layers,
+                gene_mask=gene_mask,
+            )
+        for p in module.parameters():
+            p.requires_grad_(True)
+        config = {
+            **cfg,
+            "batches": [*self.batches, *new_batches],
+            "adversarial": False,
+            "adapted": {"new_batches": list(new_batches), "steps": int(history["steps"]), "seed": int(seed)},
+        }
+        return EmbeddingModel(module, config, self.device)
 
     def gene_loadings(self) -> np.ndarray:
         """Decoder output weights, genes × hidden units (a gene embedding learned by the model)."""

@@ -72,13 +72,16 @@ def train(
     seed: int = 0,
     device: torch.device,
     progress: bool | None = None,
+    parameters: list[torch.nn.Parameter] | None = None,
+    gene_mask: np.ndarray | None = None,
 ) -> dict:
     """Train ``module`` on count rows ``X`` (cells × genes, CSR or dense) for at most ``max_steps`` steps.
 
     A random ``validation_fraction`` of cells (at most 2,000) is held out; every ``eval_every`` steps
     the held-out ELBO is computed and training stops after ``patience`` evaluations without improvement
     (the best weights are restored). The KL weight rises linearly over the first ``kl_warmup`` of the budget.
-    Returns the training history (h5ad-writable).
+    ``parameters`` restricts what is trained (default: everything); ``gene_mask`` (0/1 per gene) leaves
+    genes absent from the data out of the likelihood. Returns the training history (h5ad-writable).
     """
     rng = np.random.default_rng(seed)
     n = X.shape[0]
@@ -86,7 +89,9 @@ def train(
     n_val = min(2000, round(validation_fraction * n)) if n >= 50 else 0
     val_idx, train_idx = np.sort(perm[:n_val]), perm[n_val:]
     batch_size = max(2, min(batch_size, len(train_idx)))
-    opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
+    trained = list(module.parameters()) if parameters is None else parameters
+    opt = torch.optim.AdamW(trained, lr=lr, weight_decay=weight_decay)
+    mask_t = None if gene_mask is None else torch.as_tensor(gene_mask, dtype=torch.float32, device=device)
     warm = max(1, int(kl_warmup * max_steps))
     n_batches = module.n_batches
     batch_t = torch.from_numpy(batch.astype(np.int64))
@@ -98,7 +103,8 @@ def train(
             for s in range(0, n_val, 1024):
                 idx = val_idx[s : s + 1024]
                 x = rows_to_tensor(X, idx, device)
-                loss, _ = module.loss(x, onehot(batch[idx], n_batches, device), batch_t[idx].to(device), 1.0)
+                oh = onehot(batch[idx], n_batches, device)
+                loss, _ = module.loss(x, oh, batch_t[idx].to(device), 1.0, gene_mask=mask_t)
                 tot += float(loss) * len(idx)
         module.train()
         return tot / max(n_val, 1)
@@ -116,10 +122,11 @@ def train(
         pos += batch_size
         x = rows_to_tensor(X, idx, device)
         kl_w = min(1.0, step / warm)
-        loss, _ = module.loss(x, onehot(batch[idx], n_batches, device), batch_t[idx].to(device), kl_w)
+        oh = onehot(batch[idx], n_batches, device)
+        loss, _ = module.loss(x, oh, batch_t[idx].to(device), kl_w, gene_mask=mask_t)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(module.parameters(), 10.0)
+        torch.nn.utils.clip_grad_norm_(trained, 10.0)
         opt.step()
         running += float(loss.detach())
         steps_done = step

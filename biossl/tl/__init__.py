@@ -1,7 +1,8 @@
-"""Tools: embed cells, build the graph, annotate from few labels."""
+"""Tools: embed cells, build the graph, annotate from few labels or from a reference."""
 
 from .annotate import annotate
 from .embed import embed
 from .neighbors import neighbors
+from .reference import fit_reference, map_query
 
-__all__ = ["annotate", "embed", "neighbors"]
+__all__ = ["annotate", "embed", "fit_reference", "map_query", "neighbors"]

@@ -1,0 +1,330 @@
+"""Reference models: train once on a labelled dataset, save, and annotate new datasets with it.
+
+A :class:`Reference` is a trained count VAE plus the reference cells' latent coordinates and labels.
+:func:`map_query` embeds a query with the frozen model (new batches get their own one-hot columns,
+fitted scArches-style), joins it to the reference in one kNN graph and propagates the labels.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from .. import graph
+from .._record import record, versions
+from ..pp import check_anndata, check_batch, find_counts
+from .annotate import UNKNOWN, _normalise_rows, propagate_labels, self_train, split_labels
+
+if TYPE_CHECKING:
+    from ..model import EmbeddingModel
+
+logger = logging.getLogger("biossl")
+
+REFERENCE_FILE = "reference.npz"
+
+
+class Reference:
+    """A trained model with the reference cells' latent, labels and batches.
+
+    Build it with :func:`biossl.tl.fit_reference`; share it with :meth:`save` / :meth:`load`.
+    """
+
+    def __init__(self, model: EmbeddingModel, latent: np.ndarray, codes: np.ndarray, classes: list[str], meta: dict):
+        self.model = model
+        self.latent = np.asarray(latent, dtype=np.float32)
+        self.codes = np.asarray(codes, dtype=np.int64)
+        self.classes = list(classes)
+        self.meta = dict(meta)
+
+    def __repr__(self) -> str:
+        return (
+            f"Reference({self.latent.shape[0]} cells, {len(self.classes)} classes, {len(self.model.genes)} genes, "
+            f"batches={self.model.batches or 'none'})"
+        )
+
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write ``model.pt`` (state dict), ``reference.npz`` (latent, label codes) and ``config.json``."""
+        import io
+
+        from ..model.io import CONFIG, WEIGHTS, write_dir_atomic
+
+        buf = io.BytesIO()
+        np.savez_compressed(buf, latent=self.latent, codes=self.codes)
+        config = {**self.model.config, "reference": {**self.meta, "classes": self.classes}}
+        state = {k: v.detach().cpu() for k, v in self.model.module.state_dict().items()}
+        return write_dir_atomic(
+            path, {WEIGHTS: state, REFERENCE_FILE: buf.getvalue(), CONFIG: config}, overwrite=overwrite
+        )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, device: str = "auto") -> Reference:
+        """Load a reference directory (weights only; ``reference.npz`` read without pickle)."""
+        from ..model import EmbeddingModel
+        from ..model.io import CONFIG, WEIGHTS, read_config
+
+        config = read_config(path, required=(WEIGHTS, CONFIG, REFERENCE_FILE))
+        if "reference" not in config:
+            raise ValueError(f"{path} holds a model but no reference; save it with Reference.save().")
+        model = EmbeddingModel.load(path, device=device)
+        try:
+            with np.load(Path(path) / REFERENCE_FILE, allow_pickle=False) as npz:
+                latent, codes = npz["latent"], npz["codes"]
+        except (ValueError, OSError, KeyError) as err:
+            raise ValueError(f"{Path(path) / REFERENCE_FILE} is damaged or not a biossl reference ({err}).") from None
+        meta = dict(config["reference"])
+        classes = [str(c) for c in meta.pop("classes")]
+        if latent.shape != (len(codes), model.config["n_latent"]) or codes.max(initial=-1) >= len(classes):
+            raise ValueError(f"{Path(path) / REFERENCE_FILE} does not match config.json; the reference is damaged.")
+        return cls(model, latent, codes, classes, meta)
+
+
+def fit_reference(
+    adata: AnnData,
+    labels_key: str,
+    *,
+    batch_key: str | None = None,
+    unlabeled_category: str | None = "Unknown",
+    n_latent: int = 20,
+    adversarial: bool = False,
+    max_steps: int = 3000,
+    gene_key: str | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    progress: bool | None = None,
+) -> Reference:
+    """Train a reference: a count VAE on ``adata`` plus its latent and labels.
+
+    Parameters
+    ----------
+    adata
+        Labelled reference cells with raw counts (genes are selected as in :func:`biossl.pp.setup`).
+    labels_key
+        Column of ``obs`` with the cell types (unlabelled cells, NaN or ``unlabeled_category``, are used
+        for training the model but do not seed labels).
+    batch_key
+        Batches of the reference the model conditions on.
+    unlabeled_category
+        Value marking unlabelled cells.
+    n_latent, adversarial, max_steps, seed, device, progress
+        As in :func:`biossl.tl.embed`.
+    gene_key
+        ``var`` column with the gene identifiers to store (default ``var_names``), e.g. Ensembl ids.
+
+    Returns
+    -------
+    A :class:`Reference`; ``adata`` is not modified.
+    """
+    from ..model import EmbeddingModel, align_genes, gene_ids
+    from ..pp import plan_setup
+
+    codes, classes = _reference_labels(adata, labels_key, unlabeled_category)
+    mask, params = plan_setup(adata, batch_key=batch_key)
+    genes = [str(g) for g in gene_ids(adata, gene_key)[mask]]
+    counts, _, _ = align_genes(adata, genes, counts=params["counts"], gene_key=gene_key)
+    batch = check_batch(adata, batch_key)
+    model = EmbeddingModel.fit(
+        counts,
+        genes,
+        batch,
+        model="vae",
+        n_latent=n_latent,
+        adversarial=adversarial,
+        max_steps=max_steps,
+        seed=seed,
+        device=device,
+        progress=progress,
+    )
+    latent = model.embed_counts(counts, model.batch_codes(batch, adata.n_obs))
+    meta = {"labels_key": labels_key, "batch_key": batch_key, "gene_key": gene_key, "n_cells": int(adata.n_obs)}
+    return Reference(model, latent, codes, classes, meta)
+
+
+def _reference_labels(ref: AnnData, labels_key: str, unlabeled_category: str | None) -> tuple[np.ndarray, list[str]]:
+    """Label codes of a reference, where (unlike a query) every cell may be labelled."""
+    check_anndata(ref)
+    if labels_key not in ref.obs:
+        raise ValueError(f"labels_key={labels_key!r} is not a column of ref.obs (have: {list(ref.obs.columns)[:10]}).")
+    col = ref.obs[labels_key]
+    missing = col.isna().to_numpy() | (col.astype(str).to_numpy() == str(unlabeled_category))
+    if missing.all():
+        raise ValueError(f"ref.obs[{labels_key!r}] has no labelled cell; a reference needs labels.")
+    if missing.any():
+        codes, classes = split_labels(ref, labels_key, unlabeled_category)
+    else:
+        classes = sorted(set(col.astype(str)))
+        if len(classes) < 2:
+            raise ValueError(f"ref.obs[{labels_key!r}] has only one class ({classes[0]!r}); a reference needs two.")
+        codes = pd.Categorical(col.astype(str), categories=classes).codes.astype(np.int64)
+    if UNKNOWN in classes:
+        raise ValueError(f"{UNKNOWN!r} is a class in ref.obs[{labels_key!r}]; biossl reserves it, rename the class.")
+    return codes, classes
+
+
+def map_query(
+    adata: AnnData,
+    reference: Reference | str | os.PathLike,
+    *,
+    batch_key: str | None = None,
+    key_added: str = "biossl",
+    n_neighbors: int = 15,
+    alpha: float = 0.9,
+    unknown_threshold: float | None = None,
+    mapping_threshold: float = 0.5,
+    fine_tune_steps: int = 500,
+    min_overlap: float = 0.5,
+    case_sensitive: bool = True,
+    gene_key: str | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    progress: bool | None = None,
+    copy: bool = False,
+) -> AnnData | None:
+    """Annotate ``adata`` with a reference: embed with the frozen model, join the graphs, propagate.
+
+    Parameters
+    ----------
+    adata
+        Query cells with raw counts; genes are matched to the model's by name (missing genes are zero-filled
+        and left out of the likelihood).
+    reference
+        A :class:`Reference` or a directory written by :meth:`Reference.save`.
+    batch_key
+        Batches of the query. Batches the model has not seen get new batch columns fitted on the query
+        (only those weights are trained, ``fine_tune_steps`` steps); without a batch key the whole query
+        is treated as one new batch when the reference had batches.
+    key_added
+        Prefix of the keys written (as :func:`biossl.tl.annotate`).
+    n_neighbors, alpha
+        Graph and propagation settings.
+    unknown_threshold
+        Call ``"Unknown"`` below this confidence.
+    mapping_threshold
+        Call ``"Unknown"`` where the mapping score (how close a query cell lies to the reference,
+        relative to the reference's own neighbour distances; 1 = as close as reference cells are to
+        each other) is below this: cells of a type absent from the reference.
+    fine_tune_steps
+        Training steps for new batch columns (0 embeds new batches as the average of known ones).
+    min_overlap
+        Minimum fraction of the model's genes that must be found in the query.
+    case_sensitive
+        Match gene names exactly; False ignores case.
+    gene_key
+        ``var`` column holding the identifiers to match (default ``var_names``).
+    seed, device, progress
+        As in :func:`biossl.tl.embed`.
+    copy
+        Return a modified copy.
+
+    Returns
+    -------
+    None or a copy. Writes ``obsm["X_biossl"]`` (query latent), ``obs["{key_added}_label"]``,
+    ``obs["{key_added}_confidence"]``, ``obsm["{key_added}_proba"]``, ``obs["{key_added}_mapping_score"]``,
+    ``uns["biossl"]["classes"]``, ``uns["biossl"]["gene_overlap"]`` and ``uns["biossl"]["map_query"]``.
+    """
+    from ..model import align_genes
+
+    if not isinstance(reference, Reference):
+        reference = Reference.load(reference, device=device)
+    check_anndata(adata)
+    if unknown_threshold is not None and not 0 <= unknown_threshold <= 1:
+        raise ValueError(f"unknown_threshold must be between 0 and 1, got {unknown_threshold!r}")
+    model = reference.model
+    where = find_counts(adata)
+    X, present, overlap = align_genes(
+        adata, model.genes, counts=where, min_overlap=min_overlap, case_sensitive=case_sensitive, gene_key=gene_key
+    )
+    batch = check_batch(adata, batch_key)
+    codes, new = _query_batches(model, batch, adata.n_obs)
+    if new and fine_tune_steps > 0:
+        model = model.adapt(X, new, codes, gene_mask=present, max_steps=fine_tune_steps, seed=seed, progress=progress)
+    elif new:
+        codes = np.where(codes >= len(model.batches), -1, codes)
+    latent = model.embed_counts(X, codes)
+
+    n_ref = reference.latent.shape[0]
+    joint = np.vstack([reference.latent, latent])
+    k = int(min(n_neighbors, joint.shape[0] - 1))
+    idx, dist = graph.knn(joint, k, seed=seed)
+    W = graph.gaussian_affinity(idx, dist)
+    seeds = np.concatenate([reference.codes, np.full(adata.n_obs, -1)])
+    proba, _, _ = propagate_labels(W, seeds, len(reference.classes), alpha=alpha)
+    proba, confidence, pred = _normalise_rows(self_train(joint, seeds, proba, seed=seed))
+    proba, confidence, pred = proba[n_ref:], confidence[n_ref:], pred[n_ref:]
+    score = mapping_score(reference.latent, latent, k)
+
+    unknown = (pred < 0) | (score < mapping_threshold)
+    if unknown_threshold is not None:
+        unknown |= confidence < unknown_threshold
+    classes = reference.classes
+    names = np.array([*classes, UNKNOWN], dtype=object)
+    labels = pd.Categorical(names[np.where(unknown, len(classes), pred)], categories=[*classes, UNKNOWN])
+
+    adata = adata.copy() if copy else adata
+    adata.obsm["X_biossl"] = latent
+    adata.obs[f"{key_added}_label"] = pd.Series(labels, index=adata.obs_names)
+    adata.obs[f"{key_added}_confidence"] = confidence.astype(np.float32)
+    adata.obs[f"{key_added}_mapping_score"] = score.astype(np.float32)
+    adata.obsm[f"{key_added}_proba"] = proba.astype(np.float32)
+    record(adata, "gene_overlap", overlap)
+    record(
+        adata,
+        "map_query",
+        {
+            "reference_cells": int(n_ref),
+            "new_batches": list(new),
+            "fine_tune_steps": int(fine_tune_steps) if new else 0,
+            "n_neighbors": k,
+            "alpha": alpha,
+            "mapping_threshold": mapping_threshold,
+            "unknown_threshold": unknown_threshold,
+            "key_added": key_added,
+            "n_unknown": int(unknown.sum()),
+            "seed": seed,
+            "versions": versions(),
+        },
+    )
+    adata.uns["biossl"]["classes"] = list(classes)
+    logger.info(
+        "map_query: %d of %d model genes matched; %d cells, %d Unknown",
+        overlap["n_matched"], overlap["n_model_genes"], adata.n_obs, int(unknown.sum()),
+    )  # fmt: skip
+    return adata if copy else None
+
+
+def _query_batches(model: EmbeddingModel, batch: pd.Series | None, n: int) -> tuple[np.ndarray, list[str]]:
+    """Batch codes of query cells in the model's (extended) batch list, and the batches it has not seen."""
+    known = {b: i for i, b in enumerate(model.batches)}
+    if batch is None:
+        if not model.batches:
+            return np.zeros(n, dtype=np.int64), []
+        return np.full(n, len(known), dtype=np.int64), ["query"]
+    values = batch.astype(str).to_numpy()
+    new = [b for b in pd.unique(values) if b not in known]
+    if not model.batches and len(new) == 1:  # a model without batches: one query batch needs no new column
+        return np.zeros(n, dtype=np.int64), []
+    lookup = {**known, **{b: len(known) + i for i, b in enumerate(new)}}
+    return np.array([lookup[b] for b in values], dtype=np.int64), new
+
+
+def mapping_score(ref_latent: np.ndarray, query_latent: np.ndarray, k: int) -> np.ndarray:
+    """How well each query cell sits among reference cells: typical reference spacing / its distance.
+
+    The mean distance of a query cell to its ``k`` nearest reference cells is compared with those
+    reference cells' own mean distance to their ``k`` nearest reference neighbours; the score is their
+    ratio, capped at 1 (1 = as close as reference cells are to each other; small = off the reference).
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    k = int(min(k, ref_latent.shape[0] - 1))
+    nn = NearestNeighbors(n_neighbors=k + 1).fit(ref_latent)
+    ref_dist, _ = nn.kneighbors(ref_latent)
+    ref_spacing = ref_dist[:, 1:].mean(1)
+    q_dist, q_idx = nn.kneighbors(query_latent, n_neighbors=k)
+    expected = ref_spacing[q_idx].mean(1)
+    return np.minimum(1.0, expected / np.maximum(q_dist.mean(1), 1e-12))
