@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test test-all lint bench clean-venv
+.PHONY: demo test test-all lint bench bench-env clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,21 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/fewlabel.py
+
+# Optional tools for the head-to-head benchmark (benchmarks/anchors/): never a dependency of biossl.
+# celltypist 1.7.1 needs scikit-learn < 1.8; scanpy.tl.ingest needs pynndescent 0.5.13.
+BENCH_VENV := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
+
+bench-env: $(BENCH_STAMP)
+
+$(BENCH_STAMP): pyproject.toml constraints.txt
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install --quiet -c constraints.txt torch==2.13.0
+	$(BENCH_VENV)/bin/python -m pip install --quiet -c constraints.txt -e . scvi-tools celltypist \
+		"scikit-learn<1.8" pynndescent==0.5.13
+	touch $(BENCH_STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
