@@ -119,6 +119,11 @@ def check_anndata(adata: AnnData) -> None:
     """Shape and name checks every step relies on."""
     if not isinstance(adata, AnnData):
         raise ValueError(f"expected an AnnData object, got {type(adata).__name__}")
+    if adata.isbacked:  # X is an on-disk dataset (and read-only with backed="r"): results could not be written
+        raise ValueError(
+            f"adata is backed by {str(adata.filename)!r} (opened with backed=...); load it into memory first "
+            "with adata = adata.to_memory() or anndata.read_h5ad(path)."
+        )
     if adata.n_obs < 2 or adata.n_vars < 2:
         raise ValueError(f"AnnData has shape {adata.shape}; biossl needs at least 2 cells and 2 genes.")
     for axis, names in (("var_names", adata.var_names), ("obs_names", adata.obs_names)):
