@@ -4,5 +4,6 @@ from .annotate import annotate
 from .embed import embed
 from .neighbors import neighbors
 from .reference import fit_reference, map_query
+from .suggest import suggest_labels
 
-__all__ = ["annotate", "embed", "fit_reference", "map_query", "neighbors"]
+__all__ = ["annotate", "embed", "fit_reference", "map_query", "neighbors", "suggest_labels"]
