@@ -7,6 +7,7 @@ import os
 import time
 from typing import TYPE_CHECKING
 
+import numpy as np
 from anndata import AnnData
 
 from .._record import record, versions
@@ -92,6 +93,9 @@ def embed(
 
     if copy and return_model:
         raise ValueError("copy=True and return_model=True cannot be combined; pick one.")
+    for name, val, lo in (("seed", seed, 0), ("n_latent", n_latent, 1)):  # checked here so the PCA path names them
+        if val is not None and (not isinstance(val, int | np.integer) or isinstance(val, bool) or val < lo):
+            raise ValueError(f"{name} must be an integer >= {lo}, got {val!r}")
     mask, setup_params, setup_pending = ensure_setup(adata, batch_key)
     batch_key = batch_key or setup_params.get("batch_key")
     batch = check_batch(adata, batch_key)
