@@ -135,8 +135,12 @@ def annotate(
     ``obsm["{key_added}_proba"]``
         Class probabilities, columns in the order of ``uns["biossl"]["classes"]``.
     """
-    if unknown_threshold is not None and not 0 <= unknown_threshold <= 1:
-        raise ValueError(f"unknown_threshold must be between 0 and 1, got {unknown_threshold!r}")
+    if unknown_threshold is not None and not (
+        isinstance(unknown_threshold, int | float | np.integer | np.floating) and 0 <= unknown_threshold <= 1
+    ):
+        raise ValueError(f"unknown_threshold must be a number between 0 and 1, got {unknown_threshold!r}")
+    if not isinstance(alpha, int | float | np.integer | np.floating):  # graph.propagate checks the range
+        raise ValueError(f"alpha must be a number in (0, 1), got {alpha!r}")
     codes, classes = split_labels(adata, labels_key, unlabeled_category)
     if UNKNOWN in classes:
         raise ValueError(
