@@ -49,6 +49,9 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a directory, not a file path.")
     directory = path.parent
+    blocker = next((p for p in (directory, *directory.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():  # mkdir would say "File exists", which reads like path exists
+        raise NotADirectoryError(f"cannot write {str(path)!r}: {str(blocker)!r} is a file, not a directory.")
     directory.mkdir(parents=True, exist_ok=True)
     # keep the suffix: some writers (anndata, matplotlib) look at it
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=directory)
@@ -124,6 +127,12 @@ def read_h5ad(path: str | os.PathLike, *, backed: bool = False) -> AnnData:
     if not os.access(path, os.R_OK):
         raise ValueError(f"input file {str(path)!r} is not readable (permission denied).")
     try:
+        import h5py
+
+        with h5py.File(path, "r") as fh:  # anndata's own error for a non-AnnData HDF5 file names a constructor argument
+            missing = [g for g in ("obs", "var") if g not in fh]
+        if missing:
+            raise ValueError(f"an HDF5 file without {' and '.join(missing)}, not written by AnnData")
         return ad.read_h5ad(path, backed="r" if backed else None)
     except Exception as err:  # h5py raises OSError, anndata TypeError/KeyError/ValueError on non-AnnData HDF5
         detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]

@@ -170,6 +170,11 @@ def _check_io(inp: str | None, outputs: dict[str, str | None], *, force: bool) -
         seen[key] = name
         if out.exists() and not force:
             raise CliError(f"{name} {str(out)!r} already exists; pass --force to overwrite it.")
+        base = next((p for p in out.parents if p.exists()), None)  # fail before the work, not at the write
+        if base is not None and not base.is_dir():
+            raise CliError(f"cannot write {name} {str(out)!r}: {str(base)!r} is a file, not a directory.")
+        if base is not None and not os.access(base, os.W_OK | os.X_OK):
+            raise CliError(f"cannot write {name} {str(out)!r}: directory {str(base)!r} is not writable.")
 
 
 def _check_model_option(model: str, save_model: str | None) -> str:
