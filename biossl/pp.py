@@ -119,17 +119,21 @@ def check_anndata(adata: AnnData) -> None:
     """Shape and name checks every step relies on."""
     if not isinstance(adata, AnnData):
         raise ValueError(f"expected an AnnData object, got {type(adata).__name__}")
-    if adata.isbacked:  # X is an on-disk dataset (and read-only with backed="r"): results could not be written
-        raise ValueError(
-            f"adata is backed by {str(adata.filename)!r} (opened with backed=...); load it into memory first "
-            "with adata = adata.to_memory() or anndata.read_h5ad(path)."
-        )
     if adata.n_obs < 2 or adata.n_vars < 2:
         raise ValueError(f"AnnData has shape {adata.shape}; biossl needs at least 2 cells and 2 genes.")
     for axis, names in (("var_names", adata.var_names), ("obs_names", adata.obs_names)):
         if not names.is_unique:
             dup = names[names.duplicated()][0]
             raise ValueError(f"adata.{axis} has duplicates (e.g. {dup!r}); run adata.{axis}_make_unique().")
+
+
+def check_copy(adata: AnnData, copy: bool) -> None:
+    """``copy=True`` would load a backed AnnData into memory (anndata refuses without a file name)."""
+    if copy and isinstance(adata, AnnData) and adata.isbacked:
+        raise ValueError(
+            "copy=True is not supported for a backed AnnData; call with copy=False (results are written into "
+            "adata in memory) or load it with adata.to_memory()."
+        )
 
 
 def _select_genes(counts, genes: pd.Index, n_top_genes: int, batch: pd.Series | None) -> np.ndarray:
@@ -157,6 +161,7 @@ def setup(
     layer: str | None = None,
     batch_key: str | None = None,
     n_top_genes: int = 2000,
+    progress: bool | None = None,
     copy: bool = False,
 ) -> AnnData | None:
     """Validate ``adata``, locate raw counts and select the genes the model will use.
@@ -172,6 +177,8 @@ def setup(
     n_top_genes
         Number of highly variable genes (scanpy's ``seurat_v3`` on counts, batch-aware when
         ``batch_key`` is given). All expressed genes are kept when there are no more than this.
+    progress
+        Show progress bars for the passes over a backed file; default: only when stderr is a terminal.
     copy
         Return a modified copy instead of writing into ``adata``.
 
@@ -184,29 +191,63 @@ def setup(
     ``uns["biossl"]["setup"]``
         Where the counts were found, the batch key and the gene list fingerprint.
     """
-    mask, params = plan_setup(adata, layer=layer, batch_key=batch_key, n_top_genes=n_top_genes)
+    check_copy(adata, copy)
+    mask, params = plan_setup(adata, layer=layer, batch_key=batch_key, n_top_genes=n_top_genes, progress=progress)
     adata = adata.copy() if copy else adata
     write_setup(adata, mask, params)
     return adata if copy else None
 
 
-def plan_setup(
-    adata: AnnData, *, layer: str | None = None, batch_key: str | None = None, n_top_genes: int = 2000
-) -> tuple[np.ndarray, dict]:
-    """Validate and select genes without writing anything; returns the gene mask and the record."""
-    check_anndata(adata)
-    if not isinstance(n_top_genes, int | np.integer) or isinstance(n_top_genes, bool) or n_top_genes < 2:
-        raise ValueError(f"n_top_genes must be an integer >= 2, got {n_top_genes!r}")
-    where = find_counts(adata, layer)
-    counts = counts_matrix(adata, where)
-    lib = np.asarray(counts.sum(axis=1)).ravel()
+def _check_library(lib: np.ndarray) -> None:
     if (lib == 0).any():
         raise ValueError(
             f"{int((lib == 0).sum())} cells have no counts at all; remove them first, "
             "e.g. sc.pp.filter_cells(adata, min_counts=1)."
         )
-    batch = check_batch(adata, batch_key)
-    mask = _select_genes(counts, adata.var_names, n_top_genes, batch)
+
+
+def _select_genes_backed(adata: AnnData, n_top_genes: int, batch: pd.Series | None, progress) -> np.ndarray:
+    """Gene selection on a backed ``X`` in chunks: counts checked, then streaming seurat_v3."""
+    from ._backed import RowReader, scan_counts, seurat_v3_streaming
+
+    reader = RowReader(adata.X)
+    scan = scan_counts(reader, batch, progress)
+    if scan["problem"]:
+        raise ValueError(
+            f"adata.X (backed, {str(adata.filename)!r}) is not raw counts: {scan['problem']}. biossl needs raw "
+            "integer counts in X of a backed file; load the file into memory to use a layer."
+        )
+    _check_library(scan["library"])
+    return seurat_v3_streaming(reader, scan, n_top_genes, progress=progress)
+
+
+def plan_setup(
+    adata: AnnData,
+    *,
+    layer: str | None = None,
+    batch_key: str | None = None,
+    n_top_genes: int = 2000,
+    progress: bool | None = None,
+) -> tuple[np.ndarray, dict]:
+    """Validate and select genes without writing anything; returns the gene mask and the record.
+
+    A backed AnnData (``anndata.read_h5ad(path, backed="r")``) is read in chunks and never loaded: the
+    counts are checked and the genes selected by :func:`biossl._backed.seurat_v3_streaming` (the same
+    rule as the in-memory path) from two passes over the rows.
+    """
+    check_anndata(adata)
+    if not isinstance(n_top_genes, int | np.integer) or isinstance(n_top_genes, bool) or n_top_genes < 2:
+        raise ValueError(f"n_top_genes must be an integer >= 2, got {n_top_genes!r}")
+    if adata.isbacked and layer is None:
+        where = "X"
+        batch = check_batch(adata, batch_key)
+        mask = _select_genes_backed(adata, n_top_genes, batch, progress)
+    else:
+        where = find_counts(adata, layer)
+        counts = counts_matrix(adata, where)
+        _check_library(np.asarray(counts.sum(axis=1)).ravel())
+        batch = check_batch(adata, batch_key)
+        mask = _select_genes(counts, adata.var_names, n_top_genes, batch)
     if mask.sum() < 2:
         raise ValueError(f"only {int(mask.sum())} genes are expressed; biossl needs at least 2.")
     params = {
@@ -233,7 +274,8 @@ def ensure_setup(adata: AnnData, batch_key: str | None = None) -> tuple[np.ndarr
     """
     rec = get_record(adata, "setup")
     if rec is not None and HVG_KEY in adata.var and batch_key in (None, rec.get("batch_key")):
-        find_counts(adata, None if rec["counts"] == "X" else rec["counts"])
+        if not (adata.isbacked and rec["counts"] == "X"):  # a backed X was checked in chunks by setup
+            find_counts(adata, None if rec["counts"] == "X" else rec["counts"])
         return adata.var[HVG_KEY].to_numpy(dtype=bool), rec, False
     mask, params = plan_setup(adata, batch_key=batch_key)
     return mask, params, True

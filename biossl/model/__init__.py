@@ -15,6 +15,7 @@ import scipy.sparse as sp
 import torch
 from anndata import AnnData
 
+from .._backed import RowReader, is_backed_matrix
 from .io import FORMAT_VERSION, WEIGHTS, read_config, read_weights, write_dir_atomic
 from .train import onehot, resolve_device, rows_to_tensor, train
 from .vae import CountAutoencoder
@@ -49,6 +50,9 @@ def align_genes(
 ) -> tuple[sp.csr_matrix, np.ndarray, dict]:
     """Counts of ``adata`` in the order of ``genes`` (missing genes zero-filled).
 
+    For a backed ``adata`` the counts come back as a :class:`biossl._backed.RowReader` (rows read from
+    disk when indexed) instead of a CSR matrix.
+
     Genes are matched on ``var_names`` or ``var[gene_key]``, optionally ignoring case. Returns the CSR
     matrix, a 0/1 mask of genes present, and an overlap report. Raises ValueError when fewer than
     ``min_overlap`` of ``genes`` are found.
@@ -80,6 +84,8 @@ def align_genes(
             "names use the same identifiers (symbols vs Ensembl ids) as the model."
         )
     matrix = adata.X if counts == "X" else adata.layers[counts]
+    if is_backed_matrix(matrix):  # rows are read from disk on demand, already in model gene order
+        return RowReader(matrix, columns=np.where(present, pos, -1)), present.astype(np.float32), report
     cols = sp.csc_matrix(matrix)[:, pos[present]] if sp.issparse(matrix) else np.asarray(matrix)[:, pos[present]]
     cols = sp.csr_matrix(cols, dtype=np.float32)
     if present.all():
@@ -153,7 +159,12 @@ class EmbeddingModel:
         n_batches = len(categories) if len(categories) > 1 else 0
         if n_batches == 0:
             codes = np.zeros(n, dtype=np.int64)
-        X = sp.csr_matrix(counts, dtype=np.float32) if sp.issparse(counts) else np.asarray(counts, dtype=np.float32)
+        if isinstance(counts, RowReader):
+            X = counts
+        elif sp.issparse(counts):
+            X = sp.csr_matrix(counts, dtype=np.float32)
+        else:
+            X = np.asarray(counts, dtype=np.float32)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             module = CountAutoencoder(

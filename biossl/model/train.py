@@ -96,13 +96,18 @@ def train(
     n_batches = module.n_batches
     batch_t = torch.from_numpy(batch.astype(np.int64))
 
+    # rows on disk (a backed file): read the held-out cells once, not at every evaluation
+    on_disk = not (sp.issparse(X) or isinstance(X, np.ndarray))
+    X_val = X[val_idx] if on_disk and n_val else None
+
     def val_loss() -> float:
         module.eval()
         with torch.no_grad():
             tot = 0.0
             for s in range(0, n_val, 1024):
                 idx = val_idx[s : s + 1024]
-                x = rows_to_tensor(X, idx, device)
+                rows = (X, idx) if X_val is None else (X_val, np.arange(s, s + len(idx)))
+                x = rows_to_tensor(*rows, device)
                 oh = onehot(batch[idx], n_batches, device)
                 loss, _ = module.loss(x, oh, batch_t[idx].to(device), 1.0, gene_mask=mask_t)
                 tot += float(loss) * len(idx)

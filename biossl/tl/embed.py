@@ -11,7 +11,7 @@ import numpy as np
 from anndata import AnnData
 
 from .._record import record, versions
-from ..pp import check_batch, ensure_setup, write_setup
+from ..pp import check_batch, check_copy, ensure_setup, write_setup
 
 if TYPE_CHECKING:
     from ..model import EmbeddingModel
@@ -93,6 +93,7 @@ def embed(
 
     if copy and return_model:
         raise ValueError("copy=True and return_model=True cannot be combined; pick one.")
+    check_copy(adata, copy)
     for name, val, lo in (("seed", seed, 0), ("n_latent", n_latent, 1)):  # checked here so the PCA path names them
         if val is not None and (not isinstance(val, int | np.integer) or isinstance(val, bool) or val < lo):
             raise ValueError(f"{name} must be an integer >= {lo}, got {val!r}")
@@ -114,7 +115,13 @@ def embed(
         return _write(adata, latent, mask, setup_params, setup_pending, params, key_added, start, copy)
     if isinstance(model, str) and model in ("vae", "ae"):
         genes = [str(g) for g in adata.var_names[mask]]
-        counts, _, _ = align_genes(adata, genes, counts=setup_params["counts"])
+        if adata.isbacked and setup_params["counts"] == "X":  # minibatches of rows read from disk
+            from .._backed import RowReader
+
+            counts = RowReader(adata.X, columns=np.flatnonzero(mask))
+        else:
+            counts, _, _ = align_genes(adata, genes, counts=setup_params["counts"])
+        t_train = time.perf_counter()
         fitted = EmbeddingModel.fit(
             counts,
             genes,
@@ -128,10 +135,16 @@ def embed(
             device=device,
             progress=progress,
         )
+        t_embed = time.perf_counter()
         latent = fitted.embed_counts(counts, fitted.batch_codes(batch, adata.n_obs), progress=progress)
+        timing = {
+            "train_seconds": round(t_embed - t_train, 2),
+            "embed_seconds": round(time.perf_counter() - t_embed, 2),
+        }
     else:
         fitted = model if isinstance(model, EmbeddingModel) else _load(model, device)
         latent, overlap = fitted.transform(adata, batch_key=batch_key, counts=setup_params["counts"])
+        timing = {}
     if save_model is not None:
         fitted.save(save_model, overwrite=overwrite)
 
@@ -145,6 +158,7 @@ def embed(
         "steps": cfg["training"]["steps"],
         "seed": cfg["training"]["seed"],
         "device": str(fitted.device),
+        **timing,
     }
     out = _write(adata, latent, mask, setup_params, setup_pending, params, key_added, start, copy, overlap)
     if copy:
@@ -184,7 +198,12 @@ def _pca(adata: AnnData, mask, counts_key: str, n_comps: int, seed: int):
 
     from ..pp import counts_matrix
 
-    X = counts_matrix(adata, counts_key)[:, np.flatnonzero(mask)]
+    if adata.isbacked and counts_key == "X":  # only the selected genes are loaded, in chunks
+        from .._backed import RowReader
+
+        X = RowReader(adata.X, columns=np.flatnonzero(mask)).to_csr()
+    else:
+        X = counts_matrix(adata, counts_key)[:, np.flatnonzero(mask)]
     tmp = AnnData(X=sp.csr_matrix(X, dtype=np.float32))
     sc.pp.normalize_total(tmp, target_sum=1e4)
     sc.pp.log1p(tmp)
