@@ -19,6 +19,16 @@ if TYPE_CHECKING:
 __all__ = ["atomic_path", "read_h5ad", "write_figure_atomic", "write_h5ad_atomic", "write_text_atomic"]
 
 
+_IN_FLIGHT: set[Path] = set()  # temp files of writes in progress (removed by remove_temp_files on SIGTERM)
+
+
+def remove_temp_files() -> None:
+    """Delete the temporary files of writes still in progress (for a signal handler that is about to exit)."""
+    for tmp in list(_IN_FLIGHT):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
 def _fsync_dir(directory: Path) -> None:
     """Flush a directory entry (the rename) to disk where the platform allows it."""
     with contextlib.suppress(OSError):
@@ -57,6 +67,7 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=directory)
     os.close(fd)
     tmp = Path(tmp_name)
+    _IN_FLIGHT.add(tmp)
     try:
         yield tmp
         with open(tmp, "rb+") as fh:
@@ -69,6 +80,7 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        _IN_FLIGHT.discard(tmp)
 
 
 def write_h5ad_atomic(adata: AnnData, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
