@@ -2,8 +2,9 @@
 
 from .annotate import annotate
 from .embed import embed
+from .genes import gene_function
 from .neighbors import neighbors
 from .reference import fit_reference, map_query
 from .suggest import suggest_labels
 
-__all__ = ["annotate", "embed", "fit_reference", "map_query", "neighbors", "suggest_labels"]
+__all__ = ["annotate", "embed", "fit_reference", "gene_function", "map_query", "neighbors", "suggest_labels"]
