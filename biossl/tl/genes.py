@@ -142,7 +142,8 @@ def gene_correlation(
     model
         The trained model (required unless ``graph="coexpression"``).
     genes
-        Genes (``var_names``) to correlate, in order; default: the model's genes.
+        Genes (``var_names``) to correlate, in order; default: the model's genes in ``adata`` (the setup's
+        genes without a model).
     max_cells
         Cells used at most (a seeded random subset above this).
     seed
@@ -156,7 +157,7 @@ def gene_correlation(
         raise ValueError(f"graph must be one of {GRAPHS}, got {graph!r}")
     if graph != "coexpression" and model is None:
         raise ValueError(f"graph={graph!r} needs a trained model; pass model= or use graph='coexpression'.")
-    genes = list(model.genes) if genes is None else list(genes)
+    genes = _graph_genes(adata, model) if genes is None else list(genes)
     if graph == "loadings":
         pos = {g: i for i, g in enumerate(model.genes)}
         return _corr(model.gene_loadings()[[pos[g] for g in genes]].T)
@@ -538,6 +539,8 @@ def evaluate_gene_function(
     few = {}
     for n_seed in few_seeds:
         keep = membership.sum(0) > n_seed
+        if not keep.any():  # no set has genes left to find with this many seeds
+            continue
         sub = membership[:, keep]
         few_tasks = metrics.few_seed_tasks(sub, n_seed, n_repeats=n_repeats, seed=seed)
         few[int(n_seed)] = {
