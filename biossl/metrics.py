@@ -9,6 +9,7 @@ __all__ = [
     "auroc",
     "egad",
     "egad_folds",
+    "expected_calibration_error",
     "few_seed_tasks",
     "fewlabel_split",
     "gene_set_matrix",
@@ -18,6 +19,7 @@ __all__ = [
     "per_class_f1",
     "random_scores",
     "rank_standardize",
+    "reliability_table",
     "task_aurocs",
 ]
 
@@ -221,3 +223,43 @@ def node_degree_scores(network: np.ndarray, known: np.ndarray) -> np.ndarray:
 def random_scores(known: np.ndarray, *, seed: int = 0) -> np.ndarray:
     """The random baseline: uniform scores, seeded."""
     return np.random.default_rng(seed).random(np.asarray(known).shape)
+
+
+def reliability_table(confidence, correct, *, n_bins: int = 15) -> pd.DataFrame:
+    """Cells per equal-width confidence bin with their mean confidence and accuracy (a reliability diagram).
+
+    Bins are ``(lo, hi]`` over [0, 1] (the first also takes 0); empty bins are dropped.
+    """
+    confidence = np.asarray(confidence, dtype=np.float64)
+    correct = np.asarray(correct, dtype=bool)
+    if confidence.shape != correct.shape:
+        raise ValueError(f"confidence has shape {confidence.shape} but correct has {correct.shape}; pass one per cell.")
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, n_bins - 1)
+    rows = []
+    for b in range(n_bins):
+        sel = which == b
+        if sel.any():
+            rows.append(
+                {
+                    "lo": edges[b],
+                    "hi": edges[b + 1],
+                    "n_cells": int(sel.sum()),
+                    "confidence": float(confidence[sel].mean()),
+                    "accuracy": float(correct[sel].mean()),
+                }
+            )
+    return pd.DataFrame(rows, columns=["lo", "hi", "n_cells", "confidence", "accuracy"])
+
+
+def expected_calibration_error(confidence, correct, *, n_bins: int = 15) -> float:
+    """Expected calibration error: cell-weighted mean |accuracy - confidence| over confidence bins.
+
+    Equal-width bins as in Guo et al. 2017 (ICML), "On calibration of modern neural networks"; 0 is
+    perfect calibration. ``correct`` says whether each cell's predicted label is its true label.
+    """
+    table = reliability_table(confidence, correct, n_bins=n_bins)
+    if table.empty:
+        return float("nan")
+    gap = (table["accuracy"] - table["confidence"]).abs()
+    return float((gap * table["n_cells"]).sum() / table["n_cells"].sum())

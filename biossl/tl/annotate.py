@@ -91,6 +91,7 @@ def annotate(
     neighbors_key: str | None = "biossl",
     alpha: float = 0.9,
     refine: bool = True,
+    calibrate: bool = True,
     copy: bool = False,
 ) -> AnnData | None:
     """Annotate every cell from a few labelled ones by label propagation on the cell graph.
@@ -117,6 +118,9 @@ def annotate(
     refine
         Refine the propagated probabilities with a logistic regression on the graph's representation,
         trained on the labelled and the confidently pseudo-labelled cells (self-training).
+    calibrate
+        Calibrate the probabilities by cross-validation over the labelled cells (temperature scaling,
+        :mod:`biossl.tl.calibrate`); False keeps the raw propagated probabilities.
     alpha
         Propagation strength in (0, 1): the weight of the graph against the seeds. Near 1 the solution
         drifts toward a degree-weighted global average; 0.9 was best across pbmc3k and baron_mouse
@@ -154,6 +158,13 @@ def annotate(
     proba, confidence, label_codes = propagate_labels(W, codes, len(classes), alpha=alpha)
     if rep is not None:
         proba, confidence, label_codes = _normalise_rows(self_train(rep, codes, proba))
+    calibration = {"method": "none"}
+    if calibrate:  # calibrated confidence (biossl/tl/calibrate.py); the argmax, hence the labels, do not change
+        from .calibrate import annotation_predictor, calibrate_annotation
+
+        predictor = annotation_predictor(W, len(classes), alpha=alpha, rep=rep)
+        proba, calibration = calibrate_annotation(predictor, codes, proba)
+        proba, confidence, label_codes = _normalise_rows(proba)
 
     labelled = codes >= 0
     label_codes[labelled] = codes[labelled]
@@ -179,6 +190,7 @@ def annotate(
             "neighbors_key": neighbors_key,
             "alpha": alpha,
             "refine": bool(rep is not None),
+            "calibration": calibration,
             "n_labelled": int(labelled.sum()),
             "n_unknown": int(unknown.sum()),
         },
