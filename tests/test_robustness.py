@@ -48,13 +48,20 @@ def test_catalogue_is_complete():
     assert set(DOCUMENTED) == set(cases.BY_ID), "README.md rows and cases.py differ: run make_catalogue.py"
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(c, id=c.id, marks=[pytest.mark.xfail(strict=True, reason=c.known)] if c.known else [])
+        for c in CASES
+    ],
+)
 def test_catalogue(case, tmp_path):
     outcome = case.run(tmp_path)
     assert not outcome.problems, "; ".join(outcome.problems)
     for needle in case.needles:
         assert needle in outcome.message, f"{needle!r} not in {outcome.message!r}"
-    assert outcome.message == DOCUMENTED.get(case.id), "README.md is out of date: run make_catalogue.py"
+    if not case.known:  # a fixed known issue must show up as XPASS, not hide behind a changed message
+        assert outcome.message == DOCUMENTED.get(case.id), "README.md is out of date: run make_catalogue.py"
 
 
 # ---------------------------------------------------------------------------------------------------------------

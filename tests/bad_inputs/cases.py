@@ -57,6 +57,7 @@ class Case:
     run: Callable[[Path], Outcome]
     needles: tuple[str, ...] = ()
     also: str = ""  # an existing test that covers the same input
+    known: str = ""  # a known bug, reported but not fixed yet: the test is a strict xfail until it is
 
     @property
     def test(self) -> str:
@@ -543,6 +544,10 @@ def _load_reference(tmp: Path) -> Outcome:
     return api_case(lambda t: (None, {}), lambda _a: biossl.Reference.load(path, device="cpu"))(tmp)
 
 
+def _map(adata: AnnData, **kwargs) -> None:
+    return biossl.tl.map_query(adata, trained("reference"), device="cpu", **kwargs)
+
+
 def _write(path: Path, content: bytes, command: str | None = None) -> list | Path:
     path.write_bytes(content)
     if command is None:
@@ -990,6 +995,62 @@ CASES: list[Case] = [
         "a plain model directory given as a reference (`Reference.load`)",
         _load_reference,
         ("no reference",),
+    ),
+    Case(
+        "map_query-threshold-string",
+        "API",
+        "`unknown_threshold='0.5'` (a string) (`tl.map_query`)",
+        api_case(lambda t: (sim(), {"unknown_threshold": "0.5"}), lambda a, **kw: _map(a, **kw)),
+        ("unknown_threshold",),
+        known="TypeError from the range comparison in tl/reference.py",
+    ),
+    Case(
+        "map_query-n_neighbors-0",
+        "API",
+        "`n_neighbors=0` (`tl.map_query`)",
+        api_case(lambda t: (sim(), {"n_neighbors": 0}), lambda a, **kw: _map(a, **kw)),
+        ("n_neighbors",),
+        known="IndexError: n_neighbors is not validated in tl/reference.py",
+    ),
+    Case(
+        "map_query-mapping_threshold-string",
+        "API",
+        "`mapping_threshold='x'` (`tl.map_query`)",
+        api_case(lambda t: (sim(), {"mapping_threshold": "x"}), lambda a, **kw: _map(a, **kw)),
+        ("mapping_threshold",),
+        known="numpy UFuncTypeError: mapping_threshold is not validated in tl/reference.py",
+    ),
+    Case(
+        "map_query-min_overlap-2",
+        "API",
+        "`min_overlap=2` (`tl.map_query`)",
+        api_case(lambda t: (sim(), {"min_overlap": 2}), lambda a, **kw: _map(a, **kw)),
+        ("min_overlap",),
+        known="message says '100% < 200%' instead of naming min_overlap's range (0-1)",
+    ),
+    Case(
+        "map_query-fine_tune_steps-negative",
+        "API",
+        "`fine_tune_steps=-5` with a query batch (`tl.map_query`)",
+        api_case(lambda t: (sim(), {"fine_tune_steps": -5, "batch_key": "batch"}), lambda a, **kw: _map(a, **kw)),
+        ("fine_tune_steps",),
+        known="accepted silently (treated as 0)",
+    ),
+    Case(
+        "map_query-reference-not-a-path",
+        "API",
+        "`reference=42` (`tl.map_query`)",
+        api_case(lambda t: (sim(), {}), lambda a: biossl.tl.map_query(a, 42, device="cpu")),
+        ("reference",),
+        known="TypeError from os.fspath in Reference.load",
+    ),
+    Case(
+        "fit_reference-seed-string",
+        "API",
+        "`seed='x'` (`tl.fit_reference`)",
+        api_case(lambda t: (sim(), {}), lambda a: biossl.tl.fit_reference(a, "cell_type", seed="x", device="cpu")),
+        ("seed",),
+        known="message is int()'s 'invalid literal for int() with base 10' without naming seed",
     ),
     # --- CLI ------------------------------------------------------------------------------------------
     Case(
