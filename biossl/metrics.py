@@ -14,6 +14,7 @@ __all__ = [
     "fewlabel_split",
     "gene_set_matrix",
     "macro_f1",
+    "mean_roc",
     "neighbor_voting",
     "node_degree_scores",
     "per_class_f1",
@@ -223,6 +224,30 @@ def node_degree_scores(network: np.ndarray, known: np.ndarray) -> np.ndarray:
 def random_scores(known: np.ndarray, *, seed: int = 0) -> np.ndarray:
     """The random baseline: uniform scores, seeded."""
     return np.random.default_rng(seed).random(np.asarray(known).shape)
+
+
+def mean_roc(
+    predict, membership: np.ndarray, tasks: tuple[np.ndarray, np.ndarray], *, n_points: int = 101, chunk: int = 512
+) -> tuple[np.ndarray, np.ndarray]:
+    """ROC curve averaged vertically over tasks (true-positive rate at a common false-positive-rate grid).
+
+    Same inputs as :func:`egad`; each task is evaluated over the genes not used for its training.
+    Returns ``(fpr, tpr)`` arrays of length ``n_points``.
+    """
+    train, term = tasks
+    fpr = np.linspace(0.0, 1.0, n_points)
+    total = np.zeros(n_points)
+    for s in range(0, train.shape[1], chunk):
+        block = slice(s, min(train.shape[1], s + chunk))
+        scores = np.asarray(predict(train[:, block].astype(np.float64)))
+        for i, t in enumerate(range(block.start, block.stop)):
+            evaluated = ~train[:, t]
+            sc, truth = scores[evaluated, i], membership[evaluated, term[t]]
+            order = np.argsort(-sc, kind="stable")
+            tp = np.concatenate([[0], np.cumsum(truth[order])]) / max(truth.sum(), 1)
+            fp = np.concatenate([[0], np.cumsum(~truth[order])]) / max((~truth).sum(), 1)
+            total += np.interp(fpr, fp, tp)
+    return fpr, total / train.shape[1]
 
 
 def reliability_table(confidence, correct, *, n_bins: int = 15) -> pd.DataFrame:

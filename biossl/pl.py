@@ -7,7 +7,7 @@ import os
 import numpy as np
 from anndata import AnnData
 
-__all__ = ["annotation"]
+__all__ = ["annotation", "gene_function_roc"]
 
 
 def _umap(adata: AnnData, neighbors_key: str) -> np.ndarray:
@@ -77,6 +77,79 @@ def annotation(
         ax.set_yticks([])
         ax.set_xlabel("UMAP1")
         ax.set_ylabel("UMAP2")
+    if save is not None:
+        save_figure(fig, save)
+    if show or (show is None and save is None):
+        plt.show()
+    return fig
+
+
+def gene_function_roc(
+    adata: AnnData,
+    *,
+    key: str = "biossl_genes_eval",
+    save: str | os.PathLike | None = None,
+    show: bool | None = None,
+):
+    """Gene-function evaluation: mean ROC curves and the few-seed curve of biossl vs the baselines.
+
+    Parameters
+    ----------
+    adata
+        Data after :func:`biossl.tl.genes.evaluate_gene_function` (or ``biossl genes --evaluate``).
+    key
+        ``uns`` key the evaluation wrote (its ``key_added``).
+    save
+        Write the figure to this path (PNG, PDF, SVG by extension), atomically.
+    show
+        Show the figure (default: only when not saving).
+
+    Returns
+    -------
+    The matplotlib figure (two panels: ROC averaged over all EGAD cross-validation tasks, with mean AUROC
+    per method; mean AUROC against the number of seed genes).
+    """
+    import matplotlib
+
+    if save is not None:
+        matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    if key not in adata.uns or "tpr" not in adata.uns[key]:
+        raise ValueError(f"uns[{key!r}] has no gene-function evaluation; run biossl.tl.genes.evaluate_gene_function.")
+    rec = adata.uns[key]
+    labels = {
+        "biossl": "biossl (model gene graph + propagation)",
+        "neighbor_voting": "neighbour voting, raw co-expression",
+        "node_degree": "node degree (raw co-expression)",
+        "node_degree_graph": "node degree (biossl graph)",
+        "random": "random",
+    }
+    styles = {"biossl": "-", "neighbor_voting": "--", "random": ":"}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), constrained_layout=True)
+    fpr = np.asarray(rec["fpr"])
+    for name in rec["tpr"]:
+        mean = float(rec["summary"][name]["mean_auroc"])
+        axes[0].plot(
+            fpr, np.asarray(rec["tpr"][name]), styles.get(name, "-."), label=f"{labels.get(name, name)}: {mean:.3f}"
+        )
+    axes[0].plot([0, 1], [0, 1], color="lightgrey", lw=0.8)
+    axes[0].set_xlabel("false-positive rate")
+    axes[0].set_ylabel("true-positive rate (mean over CV tasks)")
+    axes[0].set_title(f"EGAD 3-fold CV, {int(rec['n_terms'])} gene sets")
+    axes[0].legend(fontsize=7, frameon=False, loc="lower right", title="mean AUROC", title_fontsize=7)
+    few = rec["few_seed"]
+    n_seeds = np.asarray(few["n_seeds"])
+    for name in rec["tpr"]:
+        if name in few:
+            axes[1].plot(
+                n_seeds, np.asarray(few[name]), styles.get(name, "-."), marker="o", label=labels.get(name, name)
+            )
+    axes[1].set_xscale("log")
+    axes[1].set_xticks(n_seeds, [str(n) for n in n_seeds])
+    axes[1].set_xlabel("known genes per set (seeds)")
+    axes[1].set_ylabel("mean AUROC on the other members")
+    axes[1].set_title("few-seed mode")
     if save is not None:
         save_figure(fig, save)
     if show or (show is None and save is None):

@@ -472,6 +472,7 @@ def evaluate_gene_function(
     n_repeats: int = 3,
     max_steps: int = 3000,
     seed: int = 0,
+    key_added: str | None = "biossl_genes_eval",
 ) -> dict:
     """EGAD evaluation of :func:`gene_function` against neighbour voting, node degree and random, same folds.
 
@@ -491,13 +492,18 @@ def evaluate_gene_function(
         Seed-set sizes of the few-seed mode (AUROC over the set's other members).
     n_repeats
         Random seed sets per set and size in the few-seed mode.
+    key_added
+        Also store the summary, mean ROC curves and few-seed curve in ``adata.uns[key_added]`` (for
+        :func:`biossl.pl.gene_function_roc`); None leaves ``adata`` untouched.
 
     Returns
     -------
     A dict: ``terms`` (DataFrame, one row per set: ``set``, ``n_genes`` and the AUROC of each method),
     ``summary`` (per method: mean AUROC, and for ours the paired Wilcoxon p-value against neighbour
     voting, the fraction of sets won against it and against node degree), ``few_seed`` (mean AUROC per
-    method and seed size) and ``seconds``.
+    method and seed size), ``roc`` (``fpr`` and per-method mean ``tpr``) and ``seconds``. Methods:
+    ``biossl``, ``neighbor_voting`` (raw co-expression, rank-standardised), ``node_degree`` (degree in that
+    network), ``node_degree_graph`` (degree in biossl's own gene graph, EGAD's reading) and ``random``.
     """
     from scipy.stats import wilcoxon
 
@@ -527,6 +533,7 @@ def evaluate_gene_function(
         "biossl": ours,
         "neighbor_voting": lambda y: metrics.neighbor_voting(raw, y),
         "node_degree": lambda y: metrics.node_degree_scores(raw, y),
+        "node_degree_graph": lambda y: metrics.node_degree_scores(ours.W.toarray(), y),
         "random": lambda y: metrics.random_scores(y, seed=seed),
     }
     tasks = metrics.egad_folds(membership, n_folds=n_folds, seed=seed)
@@ -554,12 +561,31 @@ def evaluate_gene_function(
             summary[name]["frac_terms_beating_neighbor_voting"] = float((terms[name] > terms["neighbor_voting"]).mean())
         if name != "node_degree":
             summary[name]["frac_terms_beating_node_degree"] = float((terms[name] > terms["node_degree"]).mean())
+    summary["biossl"]["frac_terms_beating_node_degree_graph"] = float(
+        (terms["biossl"] > terms["node_degree_graph"]).mean()
+    )
     summary["biossl"]["wilcoxon_p_vs_neighbor_voting"] = p_value
+    roc = {}
+    for name, predict in methods.items():
+        fpr, roc[name] = metrics.mean_roc(predict, membership, tasks)
     summary["biossl"]["delta_vs_neighbor_voting"] = float(diff.mean())
+    if key_added is not None:
+        adata.uns[key_added] = {
+            "summary": summary,
+            "fpr": fpr,
+            "tpr": roc,
+            "few_seed": {
+                "n_seeds": np.asarray(list(few), dtype=np.int64),
+                **{name: np.asarray([few[n][name] for n in few]) for name in methods},
+            },
+            "n_terms": len(names),
+            "n_graph_genes": len(genes),
+        }
     return {
         "terms": terms,
         "summary": summary,
         "few_seed": few,
+        "roc": {"fpr": fpr, "tpr": roc},
         "n_terms": len(names),
         "n_graph_genes": len(genes),
         "params": {
