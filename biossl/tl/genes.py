@@ -387,6 +387,12 @@ def gene_function(
         summary["n_members_in_graph"].append(len(in_graph))
         summary["n_unknown"].append(len(unknown))
         summary["unknown_genes"].append(",".join(unknown))
+    empty = [name for name, n in zip(sets, summary["n_members_in_graph"], strict=True) if n == 0]
+    if len(empty) == len(sets):
+        raise ValueError(
+            f"no gene set has a member among the {len(genes)} graph genes (e.g. {next(iter(sets))!r}); "
+            "check the gene identifiers (symbols vs Ensembl ids) or the organism."
+        )
     n_unknown = int(np.sum(summary["n_unknown"]))
     if n_unknown:
         worst = int(np.argmax(summary["n_unknown"]))
@@ -394,12 +400,6 @@ def gene_function(
             "gene_function: %d set member(s) are not genes of adata (e.g. set %r: %s); see uns[%r]['unknown_genes'].",
             n_unknown, list(sets)[worst], summary["unknown_genes"][worst][:80], key_added,
         )  # fmt: skip
-    empty = [name for name, n in zip(sets, summary["n_members_in_graph"], strict=True) if n == 0]
-    if len(empty) == len(sets):
-        raise ValueError(
-            f"no gene set has a member among the {len(genes)} graph genes (e.g. {next(iter(sets))!r}); "
-            "check the gene identifiers (symbols vs Ensembl ids) or the organism."
-        )
     if empty:
         logger.warning(
             "gene_function: %d set(s) have no member in the graph and get NaN, e.g. %r", len(empty), empty[0]
