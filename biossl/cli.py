@@ -576,7 +576,7 @@ def evaluate(
 
         import biossl
 
-        from .metrics import macro_f1
+        from .metrics import expected_calibration_error, macro_f1
 
         adata = _read(input_path)
         if labels_key not in adata.obs:
@@ -615,6 +615,9 @@ def evaluate(
                         "n_hidden": int(hidden.sum()),
                         "macro_f1": macro_f1(truth[hidden], pred[hidden]),
                         "accuracy": float(np.mean(truth[hidden] == pred[hidden])),
+                        "ece": expected_calibration_error(
+                            adata.obs["biossl_confidence"].to_numpy()[hidden], truth[hidden] == pred[hidden]
+                        ),
                         "seconds": round(time.perf_counter() - t0, 3),
                     }
                 )
@@ -631,13 +634,14 @@ def evaluate(
                 "macro_f1_sd": float(grp["macro_f1"].std(ddof=ddof)),
                 "accuracy_mean": float(grp["accuracy"].mean()),
                 "accuracy_sd": float(grp["accuracy"].std(ddof=ddof)),
+                "ece_mean": float(grp["ece"].mean()),
             }
         )
-    click.echo(f"{'k':>4}  {'labelled':>8}  {'macro-F1 (mean ± sd)':>20}  {'accuracy (mean ± sd)':>20}")
+    click.echo(f"{'k':>4}  {'labelled':>8}  {'macro-F1 (mean ± sd)':>20}  {'accuracy (mean ± sd)':>20}  {'ECE':>5}")
     for row in summary:
         f1 = f"{row['macro_f1_mean']:.3f} ± {row['macro_f1_sd']:.3f}"
         acc = f"{row['accuracy_mean']:.3f} ± {row['accuracy_sd']:.3f}"
-        click.echo(f"{row['k']:>4}  {row['n_labelled']:>8.0f}  {f1:>20}  {acc:>20}")
+        click.echo(f"{row['k']:>4}  {row['n_labelled']:>8.0f}  {f1:>20}  {acc:>20}  {row['ece_mean']:>5.3f}")
     if json_path is not None:
         from ._io import write_text_atomic
 
@@ -827,6 +831,84 @@ def genes(
     )
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# suggest / report
+
+
+@main.command()
+@_INPUT
+@_output_option
+@click.option("-n", "n", type=click.IntRange(min=1), required=True, help="Number of cells to suggest.")
+@click.option("--labels-key", required=True, metavar="KEY", help="obs column with the labels known so far.")
+@click.option(
+    "--unlabeled-category", default="Unknown", show_default=True, help="Value marking unlabelled cells (besides NaN)."
+)
+@click.option("--key-added", default="biossl_suggest", show_default=True, help="obs column for the ranks.")
+@click.option("--n-neighbors", type=click.IntRange(min=2), default=15, show_default=True,
+              help="Neighbours per cell, when IN has no biossl graph yet.")  # fmt: skip
+@_common
+@_guarded
+def suggest(input_path, output, force, n, labels_key, unlabeled_category, key_added, n_neighbors) -> None:
+    """Suggest the N unlabelled cells of IN.h5ad to label next; write OUT.h5ad with their ranks.
+
+    IN must hold an embedding (`biossl annotate` or `biossl embed` output). Writes obs[KEY_ADDED]: the
+    rank (1 = label first) of the suggested cells, NaN elsewhere. Label those cells in obs[LABELS_KEY]
+    and run `biossl annotate` again.
+    """
+    start = time.perf_counter()
+    _check_io(input_path, {"output": output}, force=force)
+    import biossl
+
+    adata = _read(input_path)
+    if "biossl_connectivities" not in adata.obsp:
+        if "X_biossl" not in adata.obsm:
+            raise CliError(f"{input_path!r} has no biossl embedding; run `biossl annotate` or `biossl embed` first.")
+        biossl.tl.neighbors(adata, n_neighbors=n_neighbors)
+    biossl.tl.suggest_labels(
+        adata, n, labels_key=labels_key, unlabeled_category=unlabeled_category, key_added=key_added
+    )
+    _write_h5ad(adata, output, force=force)
+    picked = adata.obs[key_added].dropna().sort_values().index.astype(str)
+    shown = ", ".join(picked[:5]) + (", ..." if len(picked) > 5 else "")
+    _echo_summary(f"suggested {len(picked)} cells to label next ({shown}) in {_elapsed(start)} -> {output}")
+
+
+@main.command()
+@_INPUT
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .html file.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+@click.option("--truth-key", metavar="KEY", help="obs column with true labels: adds macro-F1, ECE, reliability.")
+@click.option(
+    "--evaluation", "evaluation_path", type=click.Path(dir_okay=False),
+    help="JSON from `biossl evaluate --json`: adds the label-budget curve.",
+)  # fmt: skip
+@click.option("--key", default="biossl", show_default=True, help="key_added used by annotate.")
+@click.option("--title", help="Page title.")
+@_common
+@_guarded
+def report(input_path, output, force, truth_key, evaluation_path, key, title) -> None:
+    """Write one self-contained HTML page (plots embedded) summarising the annotation in IN.h5ad."""
+    start = time.perf_counter()
+    _check_io(input_path, {"output": output}, force=force)
+    if evaluation_path is not None and not Path(evaluation_path).is_file():
+        raise CliError(f"--evaluation {evaluation_path!r} does not exist.")
+    evaluation = None
+    if evaluation_path is not None:
+        try:
+            evaluation = json.loads(Path(evaluation_path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise CliError(f"--evaluation {evaluation_path!r} is not readable JSON ({_one_line(err)}).") from None
+        if not isinstance(evaluation, dict) or "runs" not in evaluation:
+            raise CliError(f"--evaluation {evaluation_path!r} is not the JSON of `biossl evaluate --json`.")
+    from .report import write_report
+
+    adata = _read(input_path)
+    with _quiet_scanpy():
+        write_report(adata, output, key=key, truth_key=truth_key, evaluation=evaluation, title=title, overwrite=force)
+    _echo_summary(f"report on {adata.n_obs} cells in {_elapsed(start)} -> {output}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # ---------------------------------------------------------------------------------------------------------------
 # info
 

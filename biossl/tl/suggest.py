@@ -60,8 +60,8 @@ def suggestion_scores(
         One minus the margin between the two most probable classes of the label propagation (margin
         sampling, Scheffer et al. 2001); 1 where no labelled cell reaches the cell or with < 2 classes.
     ``coverage``
-        How little label mass reaches the cell through the graph (rank of the propagated mass over the
-        square root of the degree, reversed): high in graph regions with no labelled cell nearby, where a
+        How little label mass reaches the cell through the graph (rank of the propagated mass per unit
+        degree, reversed): high in graph regions with no labelled cell nearby, where a
         missing type hides.
     ``density``
         Rank of the cell's weighted degree: dense, typical cells before outliers (information density,
@@ -88,8 +88,8 @@ def suggestion_scores(
         seeds = np.zeros((n, 1))
         seeds[labelled, 0] = 1.0 / labelled.sum()
         mass = graph.propagate(W, seeds, alpha=alpha)[:, 0]
-        # f scales with sqrt(degree) under the symmetric normalisation: divide it out
-        mass = mass / np.sqrt(np.maximum(degree, 1e-12))
+        # per unit degree: better picks than per sqrt(degree) on pbmc3k (+0.028 vs +0.010, benchmarks/active.py)
+        mass = mass / np.maximum(degree, 1e-12)
         coverage = 1.0 - _rank01(mass)
     else:
         coverage = np.ones(n)

@@ -1,0 +1,129 @@
+"""Calibrated confidence (tl/calibrate.py), expected calibration error, novelty, and ECE in `biossl evaluate`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+import biossl
+from biossl.cli import main
+from biossl.metrics import auroc, expected_calibration_error, fewlabel_split, reliability_table
+from biossl.tl.calibrate import calibrate_proba, fit_temperature, scale_temperature
+
+
+@pytest.fixture(scope="module")
+def _pbmc_graph():
+    adata = biossl.datasets.pbmc()
+    biossl.pp.setup(adata)
+    biossl.tl.embed(adata, model="pca", seed=0)
+    biossl.tl.neighbors(adata)
+    return adata
+
+
+@pytest.fixture
+def pbmc_graph(_pbmc_graph):
+    return _pbmc_graph.copy()
+
+
+def _label(adata, k: int, seed: int = 0, drop: str | None = None) -> np.ndarray:
+    truth = adata.obs["cell_type"].astype(str)
+    mask = fewlabel_split(truth.to_numpy(), k, seed)
+    if drop is not None:
+        mask &= truth.to_numpy() != drop
+    adata.obs["labels"] = pd.Categorical(truth.where(mask))
+    return mask
+
+
+def test_ece_known_values():
+    conf = np.full(1000, 0.8)
+    assert expected_calibration_error(conf, np.arange(1000) < 800) == pytest.approx(0.0)
+    assert expected_calibration_error(np.ones(10), np.arange(10) < 5) == pytest.approx(0.5)
+    # two bins: 0.9 confident and always right (gap 0.1), 0.3 confident and right half the time (gap 0.2)
+    conf = np.r_[np.full(50, 0.9), np.full(50, 0.3)]
+    correct = np.r_[np.ones(50, bool), np.arange(50) < 25]
+    assert expected_calibration_error(conf, correct) == pytest.approx(0.15)
+    table = reliability_table(conf, correct, n_bins=10)
+    assert table["n_cells"].tolist() == [50, 50]
+    assert table["accuracy"].tolist() == [0.5, 1.0]
+    with pytest.raises(ValueError, match="shape"):
+        expected_calibration_error(np.ones(3), np.ones(4, bool))
+
+
+def test_temperature_keeps_argmax_and_recovers_a_known_temperature():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 2, (4000, 4))
+    true_p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    y = np.array([rng.choice(4, p=p) for p in true_p])
+    # a model twice as confident as it should be: p ** 2, renormalised (temperature 0.5)
+    over = scale_temperature(true_p, 0.5)
+    assert (over.argmax(1) == true_p.argmax(1)).all()
+    np.testing.assert_allclose(scale_temperature(true_p, 1.0), true_p, atol=1e-9)
+    t = fit_temperature(over, y)
+    assert t == pytest.approx(2.0, rel=0.15)
+    calibrated, info = calibrate_proba(over, over, y)
+    assert info["method"] == "temperature"
+    ece_before = expected_calibration_error(over.max(1), over.argmax(1) == y)
+    ece_after = expected_calibration_error(calibrated.max(1), calibrated.argmax(1) == y)
+    assert ece_after < 0.03 < ece_before
+
+
+def test_annotate_confidence_is_calibrated_on_pbmc(pbmc_graph):
+    """k = 5 labels per type: the calibrated confidence matches accuracy better than the raw one."""
+    mask = _label(pbmc_graph, 5)
+    truth = pbmc_graph.obs["cell_type"].astype(str).to_numpy()
+    raw = biossl.tl.annotate(pbmc_graph, "labels", calibrate=False, copy=True)
+    cal = biossl.tl.annotate(pbmc_graph, "labels", copy=True)
+    q = ~mask
+    pd.testing.assert_series_equal(raw.obs["biossl_label"], cal.obs["biossl_label"])
+    correct = cal.obs["biossl_label"].astype(str).to_numpy()[q] == truth[q]
+    ece_raw = expected_calibration_error(raw.obs["biossl_confidence"].to_numpy()[q], correct)
+    ece_cal = expected_calibration_error(cal.obs["biossl_confidence"].to_numpy()[q], correct)
+    assert ece_cal < ece_raw
+    assert ece_cal <= 0.07, ece_cal  # benchmarks/calibration.py: 0.045 mean over 5 seeds
+    rec = cal.uns["biossl"]["annotate"]["calibration"]
+    assert rec["method"] == "temperature" and rec["n_pairs"] == 45 and 0 < rec["temperature"] < 1
+    np.testing.assert_allclose(cal.obsm["biossl_proba"].sum(1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(cal.obs["biossl_confidence"][q], cal.obsm["biossl_proba"][q].max(1), atol=1e-6)
+
+
+def test_one_label_per_type_leaves_confidence_uncalibrated(pbmc_graph):
+    _label(pbmc_graph, 1)
+    raw = biossl.tl.annotate(pbmc_graph, "labels", calibrate=False, copy=True)
+    cal = biossl.tl.annotate(pbmc_graph, "labels", copy=True)
+    assert cal.uns["biossl"]["annotate"]["calibration"]["method"] == "none"
+    np.testing.assert_array_equal(raw.obs["biossl_confidence"], cal.obs["biossl_confidence"])
+
+
+def test_novelty_flags_a_type_without_labels(pbmc_graph):
+    """B cells with no label: the novelty score ranks them far above the rest, better than 1 - confidence."""
+    mask = _label(pbmc_graph, 5, drop="B")
+    biossl.tl.annotate(pbmc_graph, "labels")
+    biossl.tl.novelty(pbmc_graph, "labels")
+    q = ~mask
+    is_b = (pbmc_graph.obs["cell_type"] == "B").to_numpy()[q]
+    nov = pbmc_graph.obs["biossl_novelty"].to_numpy()
+    assert (nov[mask] == 0).all()
+    auc_novelty = auroc(nov[q], is_b)
+    auc_conf = auroc(1 - pbmc_graph.obs["biossl_confidence"].to_numpy()[q], is_b)
+    assert auc_novelty >= 0.85 and auc_novelty > auc_conf, (auc_novelty, auc_conf)
+
+
+def test_evaluate_reports_ece(pbmc_graph, tmp_path):
+    small = pbmc_graph[::3].copy()
+    src = tmp_path / "in.h5ad"
+    small.write_h5ad(src)
+    out = tmp_path / "eval.json"
+    result = CliRunner().invoke(
+        main,
+        ["evaluate", str(src), "--labels-key", "cell_type", "--k", "5", "--seeds", "0", "--reuse-embedding",
+         "--json", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "ECE" in result.stdout.splitlines()[0]
+    doc = json.loads(out.read_text())
+    assert 0 <= doc["runs"][0]["ece"] <= 1
+    assert 0 <= doc["summary"][0]["ece_mean"] <= 1
