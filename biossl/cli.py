@@ -736,8 +736,10 @@ def demo(out_dir, seed, threads) -> None:
     help="Saved model directory (biossl embed --save-model) [default: train a VAE].",
 )  # fmt: skip
 @click.option(
-    "--graph", type=click.Choice(["denoised", "loadings", "coexpression"]), default="denoised", show_default=True,
-    help="Gene graph: correlation of model-denoised expression, of decoder loadings, or raw co-expression.",
+    "--graph", type=click.Choice(["combined", "denoised", "loadings", "coexpression"]), default="combined",
+    show_default=True,
+    help="Gene graph: correlation of model-denoised expression, of decoder loadings, of raw co-expression, or "
+    "the mean of denoised and raw (combined).",
 )  # fmt: skip
 @click.option("--n-neighbors", type=click.IntRange(min=1), default=30, show_default=True, help="Neighbours per gene.")
 @click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.9, show_default=True,

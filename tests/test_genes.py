@@ -66,7 +66,7 @@ def _module_auroc(table: pd.DataFrame, set_name: str, seeds: list[str], module: 
     return metrics.auroc(rows["score"].to_numpy(), rows["gene"].isin(module).to_numpy())
 
 
-@pytest.mark.parametrize("graph", ["denoised", "loadings", "coexpression"])
+@pytest.mark.parametrize("graph", ["combined", "denoised", "loadings", "coexpression"])
 def test_planted_module_is_recovered(modules, module_model, graph):
     adata = modules.copy()
     module = [f"mod1_{i}" for i in range(MODULE_SIZE)]

@@ -32,7 +32,7 @@ __all__ = ["evaluate_gene_function", "gene_correlation", "gene_function", "propa
 
 logger = logging.getLogger("biossl")
 
-GRAPHS = ("denoised", "loadings", "coexpression")
+GRAPHS = ("combined", "denoised", "loadings", "coexpression")
 DENSE_MAX_GENES = 8000  # above this the propagation uses sparse CG per set instead of one dense factorisation
 
 
@@ -123,7 +123,7 @@ def _corr(M: np.ndarray) -> np.ndarray:
 def gene_correlation(
     adata: AnnData,
     *,
-    graph: str = "denoised",
+    graph: str = "combined",
     model: EmbeddingModel | None = None,
     genes: list[str] | None = None,
     max_cells: int = 20_000,
@@ -136,6 +136,7 @@ def gene_correlation(
     adata
         Cells × genes counts (found as :func:`biossl.pp.setup` does).
     graph
+        ``"combined"``: the mean of the ``"denoised"`` and ``"coexpression"`` correlations;
         ``"denoised"``: correlation across cells of the model-denoised log expression;
         ``"loadings"``: correlation of the decoder's gene loadings (no cells needed);
         ``"coexpression"``: correlation of raw log-normalised expression (no model).
@@ -158,6 +159,10 @@ def gene_correlation(
     if graph != "coexpression" and model is None:
         raise ValueError(f"graph={graph!r} needs a trained model; pass model= or use graph='coexpression'.")
     genes = _graph_genes(adata, model) if genes is None else list(genes)
+    if graph == "combined":
+        kwargs = {"genes": genes, "max_cells": max_cells, "seed": seed}
+        denoised = gene_correlation(adata, graph="denoised", model=model, **kwargs)
+        return (denoised + gene_correlation(adata, graph="coexpression", **kwargs)) / 2
     if graph == "loadings":
         pos = {g: i for i, g in enumerate(model.genes)}
         return _corr(model.gene_loadings()[[pos[g] for g in genes]].T)
@@ -306,7 +311,7 @@ def gene_function(
     gene_sets: dict[str, list[str]] | str | os.PathLike,
     *,
     model: EmbeddingModel | str | os.PathLike | None = None,
-    graph: str = "denoised",
+    graph: str = "combined",
     n_neighbors: int = 30,
     alpha: float = 0.9,
     case_sensitive: bool = False,
@@ -318,9 +323,10 @@ def gene_function(
 ) -> pd.DataFrame | AnnData | None:
     """Score every gene for membership of each gene set, propagating from the set's members over a gene graph.
 
-    Genes are nodes; each is joined to its ``n_neighbors`` most correlated genes, correlation taken over
-    the model-denoised expression of all cells (``graph="denoised"``; measured best in
-    ``benchmarks/gene_function.py``, see the README). Each set is spread from its members by solving
+    Genes are nodes; each is joined to its ``n_neighbors`` most correlated genes, by default
+    (``graph="combined"``) the mean of two correlations across cells: of the model-denoised expression
+    and of raw log-normalised expression (the more robust choice over datasets in
+    ``benchmarks/gene_function.py``; see the README). Each set is spread from its members by solving
     ``(I - alpha S) F = Y`` (Zhou et al. 2004). Only genes the model reads are scored (the setup's
     highly variable genes); the others get NaN.
 
@@ -335,8 +341,9 @@ def gene_function(
         ``tl.embed(adata, model="vae", save_model=DIR)``). With None a VAE is trained here
         (``max_steps``), with a warning.
     graph
-        ``"denoised"`` (default), ``"loadings"`` (decoder gene loadings) or ``"coexpression"`` (raw
-        log-normalised co-expression; needs no model).
+        ``"combined"`` (default: mean of denoised and raw correlation), ``"denoised"`` (model-denoised
+        expression), ``"loadings"`` (decoder gene loadings) or ``"coexpression"`` (raw log-normalised
+        co-expression; needs no model).
     n_neighbors
         Neighbours per gene in the gene graph.
     alpha
@@ -461,7 +468,7 @@ def evaluate_gene_function(
     gene_sets: dict[str, list[str]] | str | os.PathLike,
     *,
     model: EmbeddingModel | str | os.PathLike | None = None,
-    graph: str = "denoised",
+    graph: str = "combined",
     n_neighbors: int = 30,
     alpha: float = 0.9,
     case_sensitive: bool = False,
