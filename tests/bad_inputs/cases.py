@@ -544,6 +544,26 @@ def _load_reference(tmp: Path) -> Outcome:
     return api_case(lambda t: (None, {}), lambda _a: biossl.Reference.load(path, device="cpu"))(tmp)
 
 
+def gmt(content: str | bytes, name: str = "sets.gmt") -> Callable[[Path], tuple]:
+    """A GMT file with ``content`` in the case directory, passed as ``gene_sets``."""
+
+    def make(tmp: Path) -> tuple:
+        path = tmp / name
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
+        return sim(), {"gene_sets": path}
+
+    return make
+
+
+def _genes(adata: AnnData, **kwargs):
+    return biossl.tl.gene_function(adata, kwargs.pop("gene_sets"), graph="coexpression", **kwargs)
+
+
+def _genes_cli(tmp: Path) -> list:
+    sets = _write(tmp / "s.gmt", b"S1\td\tFOO\tBAR\n")
+    return ["genes", h5ad(tmp), "--gene-sets", sets, "-o", tmp / "g.tsv", "--graph", "coexpression"]
+
+
 def _map(adata: AnnData, **kwargs) -> None:
     return biossl.tl.map_query(adata, trained("reference"), device="cpu", **kwargs)
 
@@ -1051,6 +1071,49 @@ CASES: list[Case] = [
         api_case(lambda t: (sim(), {}), lambda a: biossl.tl.fit_reference(a, "cell_type", seed="x", device="cpu")),
         ("seed",),
         known="message is int()'s 'invalid literal for int() with base 10' without naming seed",
+    ),
+    # --- gene sets (tl.gene_function) -----------------------------------------------------------------
+    Case(
+        "gmt-no-overlap",
+        "API",
+        "a GMT file none of whose genes are in the data (`tl.gene_function`)",
+        api_case(gmt("SET1\tdesc\tFOO\tBAR\nSET2\tdesc\tQUX\tQUUX\n"), _genes),
+        ("no gene set has a member",),
+    ),
+    Case(
+        "gmt-not-gmt",
+        "API",
+        "a gene-set file without tabs (`tl.gene_function`)",
+        api_case(gmt("just some text\nno tabs here\n"), _genes),
+        ("line 1 is not GMT",),
+    ),
+    Case(
+        "gmt-empty",
+        "API",
+        "an empty GMT file (`tl.gene_function`)",
+        api_case(gmt(""), _genes),
+        ("no gene sets",),
+    ),
+    Case(
+        "gmt-gz-damaged",
+        "API",
+        "a damaged `.gmt.gz` (`tl.gene_function`)",
+        api_case(gmt(b"\x1f\x8bjunk", "sets.gmt.gz"), _genes),
+        ("cannot read",),
+    ),
+    Case(
+        "gene-set-is-a-string",
+        "API",
+        "`gene_sets={'a': 'CD3E'}` (a string, not a list) (`tl.gene_function`)",
+        api_case(lambda t: (sim(), {"gene_sets": {"a": "gene1"}}), _genes),
+        ("list of gene names",),
+    ),
+    Case(
+        "cli-genes-no-overlap",
+        "CLI",
+        "`biossl genes --gene-sets` with a GMT none of whose genes are in the data",
+        cli_case(_genes_cli),
+        ("no gene set has a member",),
     ),
     # --- CLI ------------------------------------------------------------------------------------------
     Case(
