@@ -273,3 +273,5 @@ def test_cli_genes_evaluate_and_errors(module_files, tmp_path):
     assert missing.exit_code == 1 and missing.stderr.startswith("error:") and "does not exist" in missing.stderr
     both = CliRunner().invoke(main, ["genes", str(h5ad)])
     assert both.exit_code == 2 and "exactly one of" in both.output
+    helped = CliRunner().invoke(main, ["genes", "--help"])
+    assert helped.exit_code == 0 and "--gene-sets" in helped.output and "--evaluate" in helped.output
