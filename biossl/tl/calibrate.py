@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 import scipy.sparse as sp
+from anndata import AnnData
 
 logger = logging.getLogger("biossl")
 
@@ -251,14 +252,14 @@ def novelty_score(
 
 
 def novelty(
-    adata,
+    adata: AnnData,
     labels_key: str,
     *,
     unlabeled_category: str | None = "Unknown",
     neighbors_key: str | None = "biossl",
     key_added: str = "biossl_novelty",
     copy: bool = False,
-):
+) -> AnnData | None:
     """Score every cell for belonging to a type that has no label yet (see :func:`novelty_score`).
 
     Parameters
