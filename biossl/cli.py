@@ -431,7 +431,7 @@ def _exit_on_sigterm() -> None:
 @main.command()
 @_INPUT
 @_output_option
-@click.option("--labels-key", required=True, metavar="KEY", help="obs column with the few known labels.")
+@click.option("--labels-key", metavar="KEY", help="obs column with the few known labels (not with --reference).")
 @click.option(
     "--unlabeled-category", default="Unknown", show_default=True, help="Value marking unlabelled cells (besides NaN)."
 )
@@ -442,20 +442,50 @@ def _exit_on_sigterm() -> None:
     is_flag=True,
     help="Use obsm['X_biossl'] already in IN (from `biossl embed`) instead of embedding again.",
 )
+@click.option(
+    "--reference",
+    "reference",
+    metavar="REFDIR",
+    type=click.Path(file_okay=False),
+    help="Annotate IN from a reference saved by `biossl fit-reference` instead of from labels in IN.",
+)
 @_model_options()
 @_common
 @_guarded
 def annotate(
     input_path, output, force, labels_key, unlabeled_category, unknown_threshold, n_neighbors, reuse_embedding,
-    model, batch_key, layer, n_latent, max_steps, seed, device, threads, save_model,
+    reference, model, batch_key, layer, n_latent, max_steps, seed, device, threads, save_model,
 ) -> None:  # fmt: skip
-    """Annotate every cell of IN.h5ad from a few labelled ones; write OUT.h5ad.
+    """Annotate every cell of IN.h5ad from a few labelled ones (or a reference); write OUT.h5ad.
 
     Runs setup → embed → neighbors → annotate (or reuses a model with --model DIR, or the embedding
     of `biossl embed` with --reuse-embedding). Writes obs['biossl_label'], obs['biossl_confidence'],
     obsm['biossl_proba'], obsm['X_biossl'], obsp['biossl_connectivities'/'_distances'], uns['biossl'].
+    With --reference REFDIR, maps IN onto the reference (genes matched by name) and adds
+    obs['biossl_mapping_score'] and uns['biossl']['gene_overlap'].
     """
     start = time.perf_counter()
+    if reference is not None:
+        clash = [
+            name
+            for name, value in (
+                ("--labels-key", labels_key), ("--reuse-embedding", reuse_embedding or None),
+                ("--model", None if model == "auto" else model), ("--save-model", save_model),
+                ("--layer", layer), ("--n-latent", n_latent),
+            )
+            if value is not None
+        ]  # fmt: skip
+        if clash:
+            raise click.UsageError(f"--reference cannot be combined with {', '.join(clash)}.")
+        _check_threshold(unknown_threshold)
+        _annotate_with_reference(
+            input_path, output, reference, batch_key=batch_key, unknown_threshold=unknown_threshold,
+            n_neighbors=n_neighbors, max_steps=max_steps, seed=seed, device=device, threads=threads, force=force,
+            start=start,
+        )  # fmt: skip
+        return
+    if labels_key is None:
+        raise click.UsageError("Missing option '--labels-key' (or give --reference REFDIR).")
     if reuse_embedding and (model != "auto" or save_model is not None):
         raise click.UsageError("--reuse-embedding cannot be combined with --model or --save-model.")
     model = _check_model_option(model, save_model)
@@ -487,6 +517,80 @@ def annotate(
     _echo_summary(
         f"annotated {adata.n_obs} cells from {n_labelled} labels ({n_types} types, {n_unknown} Unknown; {how}) "
         f"in {_elapsed(start)} -> {output}{saved}"
+    )
+
+
+def _annotate_with_reference(
+    input_path, output, reference, *, batch_key, unknown_threshold, n_neighbors, max_steps, seed, device, threads,
+    force, start,
+) -> None:  # fmt: skip
+    """``biossl annotate --reference``: map IN onto a saved reference and write OUT."""
+    if not (Path(reference) / "config.json").is_file():
+        raise CliError(f"--reference {reference!r} is not a biossl reference directory (no config.json in it).")
+    _check_io(input_path, {"output": output}, force=force)
+    with _threads(threads):
+        import biossl
+
+        ref = biossl.Reference.load(reference, device=device)
+        adata = _read(input_path)
+        kwargs = {} if max_steps is None else {"fine_tune_steps": max_steps}
+        biossl.tl.map_query(
+            adata, ref, batch_key=batch_key, n_neighbors=n_neighbors, unknown_threshold=unknown_threshold,
+            seed=seed, device=device, progress=None, **kwargs,
+        )  # fmt: skip
+        _write_h5ad(adata, output, force=force)
+    overlap = adata.uns["biossl"]["gene_overlap"]
+    n_unknown = int((adata.obs["biossl_label"] == "Unknown").sum())
+    _echo_summary(
+        f"mapped {adata.n_obs} cells onto {reference} ({len(ref.classes)} types, {overlap['n_matched']} of "
+        f"{overlap['n_model_genes']} genes matched, {n_unknown} Unknown) in {_elapsed(start)} -> {output}"
+    )
+
+
+@main.command(name="fit-reference")
+@_INPUT
+@click.option(
+    "-o", "--output", "output", required=True, type=click.Path(file_okay=False), help="Reference directory to write."
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing reference directory.")
+@click.option("--labels-key", required=True, metavar="KEY", help="obs column with the reference's cell types.")
+@click.option(
+    "--unlabeled-category", default="Unknown", show_default=True, help="Value marking unlabelled cells (besides NaN)."
+)
+@click.option("--batch-key", metavar="KEY", help="obs column with the batch of each reference cell.")
+@click.option("--gene-key", metavar="KEY", help="var column with the gene identifiers to store [default: var_names].")
+@click.option("--n-latent", type=click.IntRange(min=1), default=20, show_default=True, help="Latent dimensions.")
+@click.option("--max-steps", type=click.IntRange(min=1), default=3000, show_default=True, help="Training budget.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), help="Threads for torch and BLAS.")
+@_common
+@_guarded
+def fit_reference(
+    input_path, output, force, labels_key, unlabeled_category, batch_key, gene_key, n_latent, max_steps, seed,
+    device, threads,
+) -> None:  # fmt: skip
+    """Train a reference on labelled IN.h5ad and save it to a directory (model.pt, reference.npz, config.json).
+
+    Annotate new data with it: `biossl annotate QUERY.h5ad --reference REFDIR -o OUT.h5ad`.
+    """
+    start = time.perf_counter()
+    _check_io(input_path, {"output": output}, force=force)
+    with _threads(threads):
+        import biossl
+
+        adata = _read(input_path)
+        ref = biossl.tl.fit_reference(
+            adata, labels_key, batch_key=batch_key, unlabeled_category=unlabeled_category, n_latent=n_latent,
+            max_steps=max_steps, gene_key=gene_key, seed=seed, device=device, progress=None,
+        )  # fmt: skip
+        try:
+            ref.save(output, overwrite=force)
+        except FileExistsError:
+            raise CliError(f"{output!r} appeared while biossl was running; pass --force to overwrite it.") from None
+    _echo_summary(
+        f"reference of {ref.latent.shape[0]} cells ({len(ref.classes)} types, {len(ref.model.genes)} genes) "
+        f"in {_elapsed(start)} -> {output}"
     )
 
 
@@ -910,7 +1014,6 @@ def report(input_path, output, force, truth_key, evaluation_path, key, title) ->
     _echo_summary(f"report on {adata.n_obs} cells in {_elapsed(start)} -> {output}")
 
 
-# ---------------------------------------------------------------------------------------------------------------
 # ---------------------------------------------------------------------------------------------------------------
 # info
 

@@ -30,6 +30,9 @@ def write_dir_atomic(path: str | os.PathLike, files: dict[str, object], *, overw
     parent = path.parent if str(path.parent) else Path(".")
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a model directory is shared like any other
     try:
         for name, obj in files.items():
             target = tmp / name

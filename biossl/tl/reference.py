@@ -17,6 +17,7 @@ import pandas as pd
 from anndata import AnnData
 
 from .. import graph
+from .._check import check_fraction, check_int
 from .._record import record, versions
 from ..pp import check_anndata, check_batch, find_counts
 from .annotate import UNKNOWN, _normalise_rows, propagate_labels, self_train, split_labels
@@ -123,6 +124,11 @@ def fit_reference(
     from ..model import EmbeddingModel, align_genes, gene_ids
     from ..pp import plan_setup
 
+    seed, n_latent, max_steps = (
+        check_int("seed", seed, 0),
+        check_int("n_latent", n_latent, 1),
+        check_int("max_steps", max_steps, 1),
+    )
     codes, classes = _reference_labels(adata, labels_key, unlabeled_category)
     mask, params = plan_setup(adata, batch_key=batch_key)
     genes = [str(g) for g in gene_ids(adata, gene_key)[mask]]
@@ -229,11 +235,21 @@ def map_query(
     """
     from ..model import align_genes
 
+    unknown_threshold = check_fraction("unknown_threshold", unknown_threshold, allow_none=True)
+    mapping_threshold = check_fraction("mapping_threshold", mapping_threshold)
+    min_overlap = check_fraction("min_overlap", min_overlap, open_low=True)
+    n_neighbors, fine_tune_steps = (
+        check_int("n_neighbors", n_neighbors, 2),
+        check_int("fine_tune_steps", fine_tune_steps, 0),
+    )
+    seed = check_int("seed", seed, 0)
+    if not isinstance(reference, Reference | str | os.PathLike):
+        raise ValueError(
+            f"reference must be a biossl.Reference or a reference directory, got {type(reference).__name__}."
+        )
+    check_anndata(adata)
     if not isinstance(reference, Reference):
         reference = Reference.load(reference, device=device)
-    check_anndata(adata)
-    if unknown_threshold is not None and not 0 <= unknown_threshold <= 1:
-        raise ValueError(f"unknown_threshold must be between 0 and 1, got {unknown_threshold!r}")
     model = reference.model
     where = find_counts(adata)
     X, present, overlap = align_genes(

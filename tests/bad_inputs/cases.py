@@ -1022,7 +1022,6 @@ CASES: list[Case] = [
         "`unknown_threshold='0.5'` (a string) (`tl.map_query`)",
         api_case(lambda t: (sim(), {"unknown_threshold": "0.5"}), lambda a, **kw: _map(a, **kw)),
         ("unknown_threshold",),
-        known="TypeError from the range comparison in tl/reference.py",
     ),
     Case(
         "map_query-n_neighbors-0",
@@ -1030,7 +1029,6 @@ CASES: list[Case] = [
         "`n_neighbors=0` (`tl.map_query`)",
         api_case(lambda t: (sim(), {"n_neighbors": 0}), lambda a, **kw: _map(a, **kw)),
         ("n_neighbors",),
-        known="IndexError: n_neighbors is not validated in tl/reference.py",
     ),
     Case(
         "map_query-mapping_threshold-string",
@@ -1038,7 +1036,6 @@ CASES: list[Case] = [
         "`mapping_threshold='x'` (`tl.map_query`)",
         api_case(lambda t: (sim(), {"mapping_threshold": "x"}), lambda a, **kw: _map(a, **kw)),
         ("mapping_threshold",),
-        known="numpy UFuncTypeError: mapping_threshold is not validated in tl/reference.py",
     ),
     Case(
         "map_query-min_overlap-2",
@@ -1046,7 +1043,6 @@ CASES: list[Case] = [
         "`min_overlap=2` (`tl.map_query`)",
         api_case(lambda t: (sim(), {"min_overlap": 2}), lambda a, **kw: _map(a, **kw)),
         ("min_overlap",),
-        known="message says '100% < 200%' instead of naming min_overlap's range (0-1)",
     ),
     Case(
         "map_query-fine_tune_steps-negative",
@@ -1054,7 +1050,6 @@ CASES: list[Case] = [
         "`fine_tune_steps=-5` with a query batch (`tl.map_query`)",
         api_case(lambda t: (sim(), {"fine_tune_steps": -5, "batch_key": "batch"}), lambda a, **kw: _map(a, **kw)),
         ("fine_tune_steps",),
-        known="accepted silently (treated as 0)",
     ),
     Case(
         "map_query-reference-not-a-path",
@@ -1062,7 +1057,6 @@ CASES: list[Case] = [
         "`reference=42` (`tl.map_query`)",
         api_case(lambda t: (sim(), {}), lambda a: biossl.tl.map_query(a, 42, device="cpu")),
         ("reference",),
-        known="TypeError from os.fspath in Reference.load",
     ),
     Case(
         "fit_reference-seed-string",
@@ -1070,7 +1064,6 @@ CASES: list[Case] = [
         "`seed='x'` (`tl.fit_reference`)",
         api_case(lambda t: (sim(), {}), lambda a: biossl.tl.fit_reference(a, "cell_type", seed="x", device="cpu")),
         ("seed",),
-        known="message is int()'s 'invalid literal for int() with base 10' without naming seed",
     ),
     # --- gene sets (tl.gene_function) -----------------------------------------------------------------
     Case(

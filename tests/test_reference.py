@@ -1,0 +1,193 @@
+"""Reference → query mapping: save/load, gene alignment, cross-technology mapping, novel types, CLI."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from sklearn.metrics import f1_score, roc_auc_score
+
+import biossl
+from biossl.cli import main
+
+CELLBENCH = Path(__file__).parents[2] / "shared" / "data" / "cellbench" / "cellbench_lung_celllines.h5ad"
+STEPS = 600  # a short training budget keeps the tests fast; the benchmark uses the default
+
+
+def macro_f1(truth, pred) -> float:
+    truth, pred = np.asarray(truth, dtype=str), np.asarray(pred, dtype=str)
+    return f1_score(truth, pred, labels=np.unique(truth), average="macro", zero_division=0)
+
+
+@pytest.fixture(scope="module")
+def halves(_pbmc_full):
+    """pbmc3k split at random into a reference and a query half."""
+    rng = np.random.default_rng(0)
+    is_ref = rng.random(_pbmc_full.n_obs) < 0.5
+    return _pbmc_full[is_ref].copy(), _pbmc_full[~is_ref].copy()
+
+
+@pytest.fixture(scope="module")
+def reference(halves):
+    return biossl.tl.fit_reference(halves[0], "cell_type", max_steps=STEPS, progress=False)
+
+
+@pytest.fixture(scope="module")
+def reference_dir(reference, tmp_path_factory):
+    path = tmp_path_factory.mktemp("ref") / "pbmc_ref"
+    reference.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def mapped(halves, reference):
+    query = halves[1].copy()
+    biossl.tl.map_query(query, reference, progress=False)
+    return query
+
+
+def test_fit_reference_leaves_input_alone(halves, unchanged):
+    ref = halves[0][:300].copy()
+    check = unchanged(ref)
+    biossl.tl.fit_reference(ref, "cell_type", max_steps=50, progress=False)
+    check(ref)
+
+
+def test_map_query_keys_and_accuracy(mapped, reference, tmp_path):
+    obs = mapped.obs
+    for key in ("biossl_label", "biossl_confidence", "biossl_mapping_score"):
+        assert key in obs
+    assert mapped.obsm["biossl_proba"].shape == (mapped.n_obs, len(reference.classes))
+    assert mapped.obsm["X_biossl"].shape == (mapped.n_obs, reference.latent.shape[1])
+    assert mapped.uns["biossl"]["classes"] == reference.classes
+    assert mapped.uns["biossl"]["gene_overlap"]["n_matched"] == len(reference.model.genes)
+    # same technology, same donor: a random half maps onto the other almost perfectly
+    assert macro_f1(obs["cell_type"], obs["biossl_label"]) > 0.8
+    mapped.write_h5ad(tmp_path / "mapped.h5ad")  # everything written is h5ad-writable
+    back = ad.read_h5ad(tmp_path / "mapped.h5ad")
+    assert back.uns["biossl"]["gene_overlap"]["n_matched"] == len(reference.model.genes)
+
+
+def test_saved_reference_gives_identical_predictions_in_a_fresh_process(reference_dir, mapped, halves, tmp_path):
+    query_path = tmp_path / "query.h5ad"
+    halves[1].write_h5ad(query_path)
+    out = tmp_path / "labels.json"
+    code = (
+        "import json, sys, anndata, biossl\n"
+        "q = anndata.read_h5ad(sys.argv[2])\n"
+        "biossl.tl.map_query(q, biossl.Reference.load(sys.argv[1]), progress=False)\n"
+        "json.dump({'label': q.obs['biossl_label'].astype(str).tolist(),\n"
+        "           'confidence': q.obs['biossl_confidence'].astype(float).tolist()}, open(sys.argv[3], 'w'))\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(reference_dir), str(query_path), str(out)], check=True)
+    fresh = json.loads(out.read_text())
+    assert fresh["label"] == mapped.obs["biossl_label"].astype(str).tolist()
+    np.testing.assert_allclose(fresh["confidence"], mapped.obs["biossl_confidence"].to_numpy(), atol=1e-5)
+
+
+def test_shuffled_genes_and_missing_genes_still_map(halves, reference, mapped):
+    query = halves[1]
+    rng = np.random.default_rng(1)
+    keep = np.sort(rng.choice(query.n_vars, int(0.8 * query.n_vars), replace=False))
+    shuffled = query[:, rng.permutation(keep)].copy()
+    biossl.tl.map_query(shuffled, reference, progress=False)
+    overlap = shuffled.uns["biossl"]["gene_overlap"]
+    model_genes = set(reference.model.genes)
+    assert overlap["n_matched"] == len(model_genes & set(query.var_names[keep]))
+    assert overlap["n_missing"] == len(model_genes - set(query.var_names[keep]))
+    full = macro_f1(mapped.obs["cell_type"], mapped.obs["biossl_label"])
+    assert macro_f1(shuffled.obs["cell_type"], shuffled.obs["biossl_label"]) > full - 0.1
+
+
+def test_case_insensitive_gene_matching(halves, reference):
+    query = halves[1][:400].copy()
+    query.var_names = [g.lower() for g in query.var_names]
+    with pytest.raises(ValueError, match="genes"):
+        biossl.tl.map_query(query.copy(), reference, progress=False)
+    biossl.tl.map_query(query, reference, case_sensitive=False, progress=False)
+    assert query.uns["biossl"]["gene_overlap"]["n_matched"] == len(reference.model.genes)
+
+
+def test_too_few_shared_genes_is_a_clear_error(halves, reference, unchanged):
+    query = halves[1][:200, :800].copy()  # 40% of the model's genes
+    check = unchanged(query)
+    with pytest.raises(ValueError, match=r"(?i)overlap|genes") as err:
+        biossl.tl.map_query(query, reference, progress=False)
+    assert "\n" not in str(err.value)
+    check(query)
+
+
+def test_held_out_type_is_called_unknown(halves):
+    ref, query = halves
+    ref = ref[(ref.obs["cell_type"] != "B").to_numpy()].copy()
+    reference = biossl.tl.fit_reference(ref, "cell_type", max_steps=STEPS, progress=False)
+    query = query.copy()
+    biossl.tl.map_query(query, reference, progress=False)
+    novel = (query.obs["cell_type"] == "B").to_numpy()
+    called = (query.obs["biossl_label"] == "Unknown").to_numpy()
+    assert called[novel].mean() > 0.5, "most B cells (absent from the reference) should be Unknown"
+    assert called[~novel].mean() < 0.1, "known types should rarely be Unknown"
+    assert roc_auc_score(novel, -query.obs["biossl_mapping_score"]) > 0.85
+
+
+@pytest.mark.skipif(not CELLBENCH.exists(), reason="../shared/data/cellbench is not on this machine")
+def test_cross_technology_mapping_cellbench():
+    data = ad.read_h5ad(CELLBENCH)
+    is_ref = (data.obs["technology"] == "CEL-seq2").to_numpy()
+    ref, query = data[is_ref].copy(), data[~is_ref].copy()
+    reference = biossl.tl.fit_reference(ref, "cell_type", batch_key="batch", max_steps=1000, progress=False)
+    biossl.tl.map_query(query, reference, batch_key="batch", progress=False)
+    assert query.uns["biossl"]["map_query"]["new_batches"] == ["sc_dropseq"]
+    assert macro_f1(query.obs["cell_type"], query.obs["biossl_label"]) > 0.9
+
+
+def test_reference_dir_round_trip_and_damage(reference, reference_dir, tmp_path):
+    loaded = biossl.Reference.load(reference_dir)
+    np.testing.assert_array_equal(loaded.latent, reference.latent)
+    assert loaded.classes == reference.classes
+    config = json.loads((reference_dir / "config.json").read_text())
+    assert config["reference"]["labels_key"] == "cell_type"
+    assert sorted(p.name for p in reference_dir.iterdir()) == ["config.json", "model.pt", "reference.npz"]
+    # a damaged reference.npz is refused with a clear message
+    broken = tmp_path / "broken"
+    reference.save(broken)
+    (broken / "reference.npz").write_bytes(b"not a zip file")
+    with pytest.raises(ValueError, match="reference.npz"):
+        biossl.Reference.load(broken)
+    # a plain model directory (no reference in it) is not a reference
+    with pytest.raises(ValueError, match="no reference"):
+        reference.model.save(tmp_path / "model_only")
+        biossl.Reference.load(tmp_path / "model_only")
+    with pytest.raises(ValueError, match="already exists"):
+        reference.save(reference_dir)
+
+
+def test_cli_fit_reference_and_annotate_with_it(halves, tmp_path):
+    ref_path, query_path = tmp_path / "ref.h5ad", tmp_path / "query.h5ad"
+    halves[0][:500].copy().write_h5ad(ref_path)
+    halves[1][:300].copy().write_h5ad(query_path)
+    runner = CliRunner()
+    refdir = tmp_path / "refdir"
+    res = runner.invoke(
+        main, ["fit-reference", str(ref_path), "--labels-key", "cell_type", "-o", str(refdir), "--max-steps", "50"]
+    )
+    assert res.exit_code == 0, res.output
+    assert "reference of 500 cells" in res.output
+    out = tmp_path / "out.h5ad"
+    res = runner.invoke(main, ["annotate", str(query_path), "--reference", str(refdir), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "mapped 300 cells" in res.output
+    annotated = ad.read_h5ad(out)
+    assert "biossl_mapping_score" in annotated.obs
+    # a second fit to the same directory needs --force; --reference with --labels-key is a usage error
+    res = runner.invoke(main, ["fit-reference", str(ref_path), "--labels-key", "cell_type", "-o", str(refdir)])
+    assert res.exit_code == 1 and "already exists" in res.output
+    res = runner.invoke(
+        main, ["annotate", str(query_path), "--reference", str(refdir), "-o", str(tmp_path / "x.h5ad"),
+               "--labels-key", "cell_type"]
+    )  # fmt: skip
+    assert res.exit_code == 2 and "cannot be combined" in res.output
