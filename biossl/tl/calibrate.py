@@ -32,6 +32,8 @@ __all__ = [
 ]
 
 _EPS = 1e-12
+# temperatures below ~0.1 push most confidences to 1.0 in float32 (obs is float32), which erases their ranking
+T_MIN, T_MAX = 0.1, 10.0
 
 
 def scale_temperature(proba: np.ndarray, temperature: float) -> np.ndarray:
@@ -73,7 +75,7 @@ def fit_temperature(
             per_cell = -np.log(np.clip(q[np.arange(len(y)), y], _EPS, None))
         return float((w * per_cell).sum() / w.sum())
 
-    res = minimize_scalar(objective, bounds=(np.log(0.02), np.log(50.0)), method="bounded")
+    res = minimize_scalar(objective, bounds=(np.log(T_MIN), np.log(T_MAX)), method="bounded")
     return float(np.exp(res.x))
 
 
