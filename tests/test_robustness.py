@@ -201,8 +201,8 @@ def test_same_seed_same_results(sim, model):
 def small_anndata(draw) -> tuple[AnnData, dict]:
     """A small AnnData of random shape, sparsity, dtype and storage, a label column, and sometimes one flaw.
 
-    Most draws are valid (so the whole pipeline runs); one in ten has too few cells or genes, one in three
-    a corrupted value, an all-zero cell, one class or no unlabelled cell.
+    Most draws are valid (so the whole pipeline runs); the others have too few cells or genes, a corrupted
+    value, an all-zero cell, one class, no labelled or no unlabelled cell, or a bad batch column.
     """
     tiny = draw(st.integers(0, 9)) == 0
     n_obs = draw(st.integers(0, 2)) if tiny else draw(st.integers(3, 40))
@@ -214,7 +214,7 @@ def small_anndata(draw) -> tuple[AnnData, dict]:
         X[np.arange(n_obs), rng.integers(n_vars, size=n_obs)] += 1  # every cell has counts unless corrupted below
     dtype = draw(st.sampled_from([np.int32, np.int64, np.float32, np.float64, np.uint16]))
     X = X.astype(dtype)
-    corruption = draw(st.sampled_from(["none"] * 12 + ["nan", "inf", "negative", "fraction", "zero-row", "zero-all"]))
+    corruption = draw(st.sampled_from(["none"] * 24 + ["nan", "inf", "negative", "fraction", "zero-row", "zero-all"]))
     if X.size and corruption != "none":
         i, j = rng.integers(n_obs), rng.integers(n_vars)
         if corruption in ("zero-row", "zero-all"):
@@ -228,8 +228,8 @@ def small_anndata(draw) -> tuple[AnnData, dict]:
     adata.obs_names = [f"c{i}" for i in range(n_obs)]
     adata.var_names = [f"g{j}" for j in range(n_vars)]
 
-    n_classes = draw(st.sampled_from([1, 2, 2, 3, 4, 6]))
-    pattern = draw(st.sampled_from(["few"] * 3 + ["one-per-class", "with-unknown", "none", "all"]))
+    n_classes = draw(st.sampled_from([1, 2, 2, 3, 3, 4, 4, 6]))
+    pattern = draw(st.sampled_from(["few"] * 6 + ["one-per-class", "with-unknown"] * 2 + ["none", "all"]))
     truth = rng.integers(n_classes, size=n_obs)
     names = np.array([f"type{k}" for k in range(n_classes)], dtype=object)[truth]
     first = [np.flatnonzero(truth == k)[0] for k in set(truth)]
@@ -244,7 +244,19 @@ def small_anndata(draw) -> tuple[AnnData, dict]:
     adata.obs["labels"] = pd.Categorical(labels) if draw(st.booleans()) else labels
     too_many = draw(st.integers(0, 9)) == 0
     n_neighbors = draw(st.integers(2, 30)) if too_many or n_obs < 4 else draw(st.integers(2, min(15, n_obs - 1)))
-    return adata, {"n_neighbors": n_neighbors, "n_latent": draw(st.integers(1, 12))}
+    batches = draw(st.sampled_from(["none"] * 6 + ["two"] * 2 + ["with-nan", "singleton"]))
+    if batches != "none":
+        batch = np.where(np.arange(n_obs) % 2 == 0, "b1", "b2").astype(object)
+        if n_obs and batches == "with-nan":
+            batch[rng.integers(n_obs)] = None
+        if n_obs and batches == "singleton":
+            batch[rng.integers(n_obs)] = "lonely"
+        adata.obs["batch"] = pd.Categorical(batch)
+    return adata, {
+        "n_neighbors": n_neighbors,
+        "n_latent": draw(st.integers(1, 12)),
+        "batch_key": None if batches == "none" else "batch",
+    }
 
 
 PROPERTY = settings(
@@ -258,7 +270,7 @@ PROPERTY = settings(
 
 def _run_pipeline(adata: AnnData, options: dict) -> str:
     """The four steps; returns how far it got. Only ValueError may escape."""
-    biossl.pp.setup(adata)
+    biossl.pp.setup(adata, batch_key=options["batch_key"])
     biossl.tl.embed(adata, model="pca", n_latent=options["n_latent"])
     biossl.tl.neighbors(adata, n_neighbors=options["n_neighbors"])
     biossl.tl.annotate(adata, "labels")
@@ -288,13 +300,21 @@ def test_pipeline_gives_valid_keys_or_a_value_error(data):
     assert proba.shape == (n, len(classes)) and np.isfinite(proba).all()
 
 
+@pytest.mark.slow
+@settings(PROPERTY, max_examples=3000, derandomize=False)
+@given(small_anndata())
+def test_pipeline_property_long(data):
+    """The same property on 3,000 fresh random examples per run (``-m slow``)."""
+    test_pipeline_gives_valid_keys_or_a_value_error.hypothesis.inner_test(data)
+
+
 @PROPERTY
 @given(small_anndata())
 def test_failed_setup_leaves_adata_unchanged(data):
-    adata, _ = data
+    adata, options = data
     before = cases.snapshot(adata)
     try:
-        biossl.pp.setup(adata)
+        biossl.pp.setup(adata, batch_key=options["batch_key"])
     except ValueError:
         cases.assert_same(adata, before)
     else:
