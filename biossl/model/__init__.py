@@ -107,6 +107,7 @@ class EmbeddingModel:
         self.module = module.to(device).eval()
         self.config = config
         self.device = device
+        self.validation_index = np.zeros(0, dtype=np.int64)  # cells held out in training (set by fit)
 
     @property
     def genes(self) -> list[str]:
@@ -203,7 +204,9 @@ class EmbeddingModel:
             },
             "versions": _versions(),
         }
-        return cls(module, config, dev)
+        fitted = cls(module, config, dev)
+        fitted.validation_index = np.asarray(history["validation_index"], dtype=np.int64)
+        return fitted
 
     def embed_counts(self, X, batch_codes: np.ndarray, chunk_size: int = 4096, progress: bool | None = None):
         """Latent means of count rows ``X`` (already in model gene order)."""
@@ -237,7 +240,7 @@ class EmbeddingModel:
         """Embed ``adata`` (genes aligned by name) and return the latent and the gene-overlap report."""
         from ..pp import check_batch, find_counts
 
-        where = counts or find_counts(adata)
+        where = counts or ("X" if adata.isbacked else find_counts(adata))  # a backed X is checked while read
         X, _, report = align_genes(
             adata, self.genes, counts=where, min_overlap=min_overlap, case_sensitive=case_sensitive, gene_key=gene_key
         )
