@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -145,7 +146,9 @@ def read_h5ad(path: str | os.PathLike, *, backed: bool = False) -> AnnData:
             missing = [g for g in ("obs", "var") if g not in fh]
         if missing:
             raise ValueError(f"an HDF5 file without {' and '.join(missing)}, not written by AnnData")
-        return ad.read_h5ad(path, backed="r" if backed else None)
+        with warnings.catch_warnings():  # biossl reports duplicated names itself, as its one error line
+            warnings.filterwarnings("ignore", message=r"(Variable|Observation) names are not unique")
+            return ad.read_h5ad(path, backed="r" if backed else None)
     except Exception as err:  # h5py raises OSError, anndata TypeError/KeyError/ValueError on non-AnnData HDF5
         detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise ValueError(f"cannot read {str(path)!r} as an h5ad file ({detail}).") from None
