@@ -64,6 +64,16 @@ def test_catalogue(case, tmp_path):
         assert outcome.message == DOCUMENTED.get(case.id), "README.md is out of date: run make_catalogue.py"
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("case", [c for c in CASES if c.surface == "CLI"], ids=lambda c: c.id)
+def test_catalogue_cli_as_real_processes(case, tmp_path, monkeypatch):
+    """The CLI rows again as real ``biossl`` processes: exit 1, one ``error:`` line, no traceback or warning."""
+    monkeypatch.setenv(cases.SUBPROCESS, "1")
+    outcome = case.run(tmp_path)
+    assert not outcome.problems, "; ".join(outcome.problems)
+    assert outcome.message == DOCUMENTED[case.id]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # kill mid-write
 

@@ -150,6 +150,30 @@ def api_case(make: Callable[[Path], tuple], call: Callable, *, accept: Callable 
     return run
 
 
+SUBPROCESS = "BIOSSL_CATALOGUE_SUBPROCESS"  # set to run CLI cases as real processes (make_catalogue.py --subprocess)
+
+
+@dataclass
+class _ProcessResult:
+    """The parts of click's ``Result`` the checks use, from a real process."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+    exception: BaseException | None = None
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def _run_in_subprocess(args: list[str]) -> _ProcessResult:
+    script = Path(sys.executable).parent / "biossl"
+    cmd = [str(script)] if script.exists() else [sys.executable, "-c", "from biossl.cli import main; main()"]
+    proc = subprocess.run([*cmd, *args], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return _ProcessResult(proc.returncode, proc.stdout, proc.stderr)
+
+
 def cli_case(make: Callable[[Path], list], *, accept: Callable[[Path, str], str] | None = None):
     """A case on the CLI, run in-process with click's runner: exit 1, one ``error:`` line, no file touched."""
     from click.testing import CliRunner
@@ -159,7 +183,7 @@ def cli_case(make: Callable[[Path], list], *, accept: Callable[[Path, str], str]
     def run(tmp: Path) -> Outcome:
         args = [str(a) for a in make(tmp)]
         before = hash_tree(tmp)
-        result = CliRunner().invoke(main, args)
+        result = _run_in_subprocess(args) if os.environ.get(SUBPROCESS) else CliRunner().invoke(main, args)
         problems: list[str] = []
         lines = result.stderr.strip().splitlines()
         after = hash_tree(tmp)

@@ -2,6 +2,7 @@
 
     .venv/bin/python tests/bad_inputs/make_catalogue.py            # rewrite the table, print the counts
     .venv/bin/python tests/bad_inputs/make_catalogue.py --check    # exit 1 if the table is out of date
+    .venv/bin/python tests/bad_inputs/make_catalogue.py --check --subprocess  # CLI rows as real processes
 
 The table sits between the ``<!-- catalogue -->`` markers; the text around it is kept. The counts
 printed at the end (rows, CLI tracebacks, modified inputs, other problems) are the issue's targets.
@@ -56,9 +57,14 @@ def documented() -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="do not write; fail if README.md differs")
+    parser.add_argument(
+        "--subprocess", action="store_true", help="run the CLI cases as real `biossl` processes (slower)"
+    )
     parser.add_argument("--only", help="run only case ids containing this text (implies --check off, no write)")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if args.subprocess:
+        os.environ["BIOSSL_CATALOGUE_SUBPROCESS"] = "1"
     sys.path.insert(0, str(HERE))
     import warnings
 
