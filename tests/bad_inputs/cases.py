@@ -209,6 +209,8 @@ def cli_case(make: Callable[[Path], list], *, accept: Callable[[Path, str], str]
         if result.stdout.strip():
             problems.append(f"stdout is not empty: {result.stdout[:200]!r}")
         problems += compare_trees(before, after)
+        if (tmp / MARKER).exists():
+            problems.append("a pickled payload was executed")
         message = lines[0] if lines else result.output.strip()[:300]
         return Outcome(normalise(message, tmp), True, problems)
 
@@ -586,6 +588,17 @@ def _genes(adata: AnnData, **kwargs):
 def _genes_cli(tmp: Path) -> list:
     sets = _write(tmp / "s.gmt", b"S1\td\tFOO\tBAR\n")
     return ["genes", h5ad(tmp), "--gene-sets", sets, "-o", tmp / "g.tsv", "--graph", "coexpression"]
+
+
+def _reference_args(tmp: Path, damage: Callable[[Path], None]) -> list:
+    ref = model_dir(tmp, "reference", damage)
+    return ["annotate", h5ad(tmp), "-o", tmp / "out.h5ad", "--reference", ref]
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir()
+    (path / "keep.txt").write_text("an older reference")
+    return path
 
 
 def _map(adata: AnnData, **kwargs) -> None:
@@ -1280,6 +1293,52 @@ CASES: list[Case] = [
         "`biossl info` on a model directory with a broken `config.json`",
         cli_case(lambda t: ["info", model_dir(t, damage=lambda p: (p / "config.json").write_text("{"))]),
         ("not valid JSON",),
+    ),
+    Case(
+        "cli-reference-pickled",
+        "CLI",
+        "`biossl annotate --reference DIR` whose `reference.npz` is a code-running pickle",
+        cli_case(lambda t: _reference_args(t, pickle_reference)),
+        ("reference.npz",),
+    ),
+    Case(
+        "cli-reference-is-a-plain-model",
+        "CLI",
+        "`biossl annotate --reference DIR` with a model directory that holds no reference",
+        cli_case(lambda t: ["annotate", h5ad(t), "-o", t / "out.h5ad", "--reference", model_dir(t)]),
+        ("reference",),
+    ),
+    Case(
+        "cli-reference-genes-mismatched",
+        "CLI",
+        "`biossl annotate --reference DIR` on a file whose gene names the reference does not know",
+        cli_case(
+            lambda t: ["annotate", h5ad(t, _ensembl()), "-o", t / "out.h5ad", "--reference", model_dir(t, "reference")]
+        ),
+        ("only 0 of the model's",),
+    ),
+    Case(
+        "cli-fit-reference-one-class",
+        "CLI",
+        "`biossl fit-reference` on labels with a single class",
+        cli_case(
+            lambda t: [
+                "fit-reference",
+                h5ad(t, labels(sim(), ["alpha"] * 360)),
+                "-o",
+                t / "ref",
+                "--labels-key",
+                "labels",
+            ]
+        ),
+        ("one class",),
+    ),
+    Case(
+        "cli-fit-reference-output-exists",
+        "CLI",
+        "`biossl fit-reference -o DIR` where DIR exists, without `--force`",
+        cli_case(lambda t: ["fit-reference", h5ad(t), "-o", _mkdir(t / "ref"), "--labels-key", "cell_type"]),
+        ("already exists",),
     ),
     Case(
         "cli-summarize-not-annotated",
