@@ -76,7 +76,8 @@ def summarise(datasets) -> dict:
     runs = [r for r in load_runs() if r["method"] in METHODS and r["dataset"] in datasets]
     agg = aggregate(runs)
     out = {}
-    for dataset, table in agg.items():
+    for dataset in [d for d in splitlib.DATASETS if d in agg]:
+        table = agg[dataset]
         out[dataset] = {}
         for row, cells in table.items():
             entry = {}
