@@ -103,12 +103,18 @@ def propagate(
     S = sp.diags(inv_sqrt) @ W @ sp.diags(inv_sqrt)
     A = (sp.identity(W.shape[0], format="csr") - alpha * S).tocsr()
     F = np.zeros(Y.shape, dtype=np.float64)
+    from ._backed import progress_bar  # one step per class; only large graphs take seconds per class
+
+    bar = progress_bar(Y.shape[1], "propagation") if W.shape[0] > 50_000 else None
     for c in range(Y.shape[1]):
         b = Y[:, c].astype(np.float64)
-        if not b.any():
-            continue
-        f, info = cg(A, b, rtol=tol, atol=0.0, maxiter=max_iter)
-        if info > 0:
-            logger.warning("propagation for class %d stopped after %d iterations before converging", c, info)
-        F[:, c] = f
+        if b.any():
+            f, info = cg(A, b, rtol=tol, atol=0.0, maxiter=max_iter)
+            if info > 0:
+                logger.warning("propagation for class %d stopped after %d iterations before converging", c, info)
+            F[:, c] = f
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
     return np.clip(F, 0.0, None)
