@@ -169,7 +169,9 @@ def setup(
     Parameters
     ----------
     adata
-        Cells × genes with raw integer counts in ``X`` or ``layers["counts"]``.
+        Cells × genes with raw integer counts in ``X`` or ``layers["counts"]``. May be backed
+        (``anndata.read_h5ad(path, backed="r")``, CSR or dense ``X``): ``X`` is then read in chunks, never
+        loaded, and the genes are selected by the same rule in two streaming passes.
     layer
         Layer holding the counts. By default ``X`` is used when it holds counts, else ``layers["counts"]``.
     batch_key

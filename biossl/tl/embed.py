@@ -44,7 +44,9 @@ def embed(
     Parameters
     ----------
     adata
-        Cells × genes with raw counts (see :func:`biossl.pp.setup`).
+        Cells × genes with raw counts (see :func:`biossl.pp.setup`). A backed AnnData
+        (``anndata.read_h5ad(path, backed="r")``) is trained on minibatches of rows read from disk and
+        embedded in chunks, so memory does not grow with the matrix (only the latent is kept).
     model
         ``"vae"`` or ``"ae"`` to train a new count model; ``"pca"`` for PCA of log-normalised, scaled
         counts (scanpy); ``"auto"`` (default) picks ``"vae"`` when ``batch_key`` names two or more
