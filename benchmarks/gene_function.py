@@ -245,6 +245,7 @@ def main(argv=None) -> int:
     parser.add_argument("--datasets", nargs="*", default=list(DATASETS), help="subset of datasets to run")
     parser.add_argument("--max-steps", type=int, default=3000)
     parser.add_argument("--skip-timing", action="store_true")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="directory for the JSON, markdown and PNG")
     parser.add_argument(
         "--timing-only", action="store_true", help="only redo the wall-time measurement into the existing JSON"
     )
@@ -264,8 +265,10 @@ def main(argv=None) -> int:
         "datasets": {},
     }
     example_adata = None
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
     if args.timing_only:
-        doc = json.loads((RESULTS / "gene_function.json").read_text())
+        doc = json.loads((out / "gene_function.json").read_text())
         args.datasets = []
     for name in args.datasets:
         t0 = time.perf_counter()
@@ -280,20 +283,21 @@ def main(argv=None) -> int:
             f"beats degree {s['frac_terms_beating_node_degree']:.0%} ({time.perf_counter() - t0:.0f} s)",
             flush=True,
         )
+        # after every dataset, so a cut-off run keeps what it finished
+        write_text_atomic(json.dumps(doc, indent=1) + "\n", out / "gene_function.json", overwrite=True)
     if not args.skip_timing:
         doc["timing_example_data"] = time_example(sets)
         print(f"timing: {doc['timing_example_data']['seconds']} s", flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(json.dumps(doc, indent=1) + "\n", RESULTS / "gene_function.json", overwrite=True)
+    write_text_atomic(json.dumps(doc, indent=1) + "\n", out / "gene_function.json", overwrite=True)
     if "timing_example_data" in doc:
-        write_text_atomic(markdown(doc), RESULTS / "gene_function.md", overwrite=True)
+        write_text_atomic(markdown(doc), out / "gene_function.md", overwrite=True)
         print(markdown(doc))
     if example_adata is not None:
         import matplotlib
 
         matplotlib.use("Agg")
         fig = biossl.pl.gene_function_roc(example_adata, show=False)
-        write_figure_atomic(fig, RESULTS / "gene_function_roc.png", overwrite=True)
+        write_figure_atomic(fig, out / "gene_function_roc.png", overwrite=True)
     return 0
 
 
