@@ -157,4 +157,9 @@ def train(
         module.load_state_dict(best_state)
     module.eval()
     logger.info("trained %d steps, best held-out loss %.2f", steps_done, best)
-    return {"steps": steps_done, "best_val_loss": float(best) if math.isfinite(best) else float("nan"), **history}
+    return {
+        "steps": steps_done,
+        "best_val_loss": float(best) if math.isfinite(best) else float("nan"),
+        "validation_index": val_idx,
+        **history,
+    }

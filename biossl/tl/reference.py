@@ -36,12 +36,31 @@ class Reference:
     Build it with :func:`biossl.tl.fit_reference`; share it with :meth:`save` / :meth:`load`.
     """
 
-    def __init__(self, model: EmbeddingModel, latent: np.ndarray, codes: np.ndarray, classes: list[str], meta: dict):
+    def __init__(
+        self,
+        model: EmbeddingModel,
+        latent: np.ndarray,
+        codes: np.ndarray,
+        classes: list[str],
+        meta: dict,
+        held_out: np.ndarray | None = None,
+    ):
         self.model = model
         self.latent = np.asarray(latent, dtype=np.float32)
         self.codes = np.asarray(codes, dtype=np.int64)
         self.classes = list(classes)
         self.meta = dict(meta)
+        # reference cells the model did not train on (its early-stopping cells): they calibrate the mapping score
+        self.held_out = np.zeros(0, dtype=np.int64) if held_out is None else np.asarray(held_out, dtype=np.int64)
+
+    @property
+    def trained_latent(self) -> np.ndarray:
+        """Latent of the reference cells the model was trained on (query cells are scored against these)."""
+        if len(self.held_out) == 0:
+            return self.latent
+        keep = np.ones(self.latent.shape[0], dtype=bool)
+        keep[self.held_out] = False
+        return self.latent[keep]
 
     def __repr__(self) -> str:
         return (
@@ -56,7 +75,7 @@ class Reference:
         from ..model.io import CONFIG, WEIGHTS, write_dir_atomic
 
         buf = io.BytesIO()
-        np.savez_compressed(buf, latent=self.latent, codes=self.codes)
+        np.savez_compressed(buf, latent=self.latent, codes=self.codes, held_out=self.held_out)
         config = {**self.model.config, "reference": {**self.meta, "classes": self.classes}}
         state = {k: v.detach().cpu() for k, v in self.model.module.state_dict().items()}
         return write_dir_atomic(
@@ -76,13 +95,16 @@ class Reference:
         try:
             with np.load(Path(path) / REFERENCE_FILE, allow_pickle=False) as npz:
                 latent, codes = npz["latent"], npz["codes"]
+                held_out = npz["held_out"] if "held_out" in npz.files else None
         except (ValueError, OSError, KeyError) as err:
             raise ValueError(f"{Path(path) / REFERENCE_FILE} is damaged or not a biossl reference ({err}).") from None
         meta = dict(config["reference"])
         classes = [str(c) for c in meta.pop("classes")]
         if latent.shape != (len(codes), model.config["n_latent"]) or codes.max(initial=-1) >= len(classes):
             raise ValueError(f"{Path(path) / REFERENCE_FILE} does not match config.json; the reference is damaged.")
-        return cls(model, latent, codes, classes, meta)
+        if held_out is not None and len(held_out) and (held_out.min() < 0 or held_out.max() >= len(codes)):
+            raise ValueError(f"{Path(path) / REFERENCE_FILE} does not match config.json; the reference is damaged.")
+        return cls(model, latent, codes, classes, meta, held_out)
 
 
 def fit_reference(
@@ -147,8 +169,14 @@ def fit_reference(
         progress=progress,
     )
     latent = model.embed_counts(counts, model.batch_codes(batch, adata.n_obs))
-    meta = {"labels_key": labels_key, "batch_key": batch_key, "gene_key": gene_key, "n_cells": int(adata.n_obs)}
-    return Reference(model, latent, codes, classes, meta)
+    meta = {
+        "labels_key": labels_key,
+        "batch_key": batch_key,
+        "gene_key": gene_key,
+        "n_cells": int(adata.n_obs),
+        "mapping_threshold": _calibrate_mapping(latent, model.validation_index),
+    }
+    return Reference(model, latent, codes, classes, meta, model.validation_index)
 
 
 def _reference_labels(ref: AnnData, labels_key: str, unlabeled_category: str | None) -> tuple[np.ndarray, list[str]]:
@@ -181,7 +209,7 @@ def map_query(
     n_neighbors: int = 15,
     alpha: float = 0.9,
     unknown_threshold: float | None = None,
-    mapping_threshold: float = 0.5,
+    mapping_threshold: float | str = "auto",
     fine_tune_steps: int = 500,
     min_overlap: float = 0.5,
     case_sensitive: bool = True,
@@ -212,8 +240,10 @@ def map_query(
         Call ``"Unknown"`` below this confidence.
     mapping_threshold
         Call ``"Unknown"`` where the mapping score (how close a query cell lies to the reference,
-        relative to the reference's own neighbour distances; 1 = as close as reference cells are to
-        each other) is below this: cells of a type absent from the reference.
+        relative to the reference's own neighbour distances, see :func:`mapping_score`) is below this:
+        cells of a type absent from the reference. ``"auto"`` takes the threshold stored with the
+        reference: the 1st percentile of the scores of reference cells that were held out of training
+        (cells the model never saw but whose types it knows).
     fine_tune_steps
         Training steps for new batch columns (0 embeds new batches as the average of known ones).
     min_overlap
@@ -236,7 +266,13 @@ def map_query(
     from ..model import align_genes
 
     unknown_threshold = check_fraction("unknown_threshold", unknown_threshold, allow_none=True)
-    mapping_threshold = check_fraction("mapping_threshold", mapping_threshold)
+    if not (isinstance(mapping_threshold, str) and mapping_threshold == "auto"):
+        if (
+            not isinstance(mapping_threshold, int | float)
+            or isinstance(mapping_threshold, bool)
+            or mapping_threshold < 0
+        ):
+            raise ValueError(f"mapping_threshold must be 'auto' or a number >= 0, got {mapping_threshold!r}")
     min_overlap = check_fraction("min_overlap", min_overlap, open_low=True)
     n_neighbors, fine_tune_steps = (
         check_int("n_neighbors", n_neighbors, 2),
@@ -272,7 +308,9 @@ def map_query(
     proba, _, _ = propagate_labels(W, seeds, len(reference.classes), alpha=alpha)
     proba, confidence, pred = _normalise_rows(self_train(joint, seeds, proba, seed=seed))
     proba, confidence, pred = proba[n_ref:], confidence[n_ref:], pred[n_ref:]
-    score = mapping_score(reference.latent, latent, k)
+    score = mapping_score(reference.trained_latent, latent, MAPPING_NEIGHBORS)
+    if mapping_threshold == "auto":
+        mapping_threshold = float(reference.meta.get("mapping_threshold", DEFAULT_MAPPING_THRESHOLD))
 
     unknown = (pred < 0) | (score < mapping_threshold)
     if unknown_threshold is not None:
@@ -328,12 +366,33 @@ def _query_batches(model: EmbeddingModel, batch: pd.Series | None, n: int) -> tu
     return np.array([lookup[b] for b in values], dtype=np.int64), new
 
 
+MAPPING_NEIGHBORS = 50  # reference cells a query cell is compared with (novel-type AUROC rose from k=15 to k=50)
+DEFAULT_MAPPING_THRESHOLD = 0.5  # references too small to hold cells out of training
+MAPPING_QUANTILE = 0.01  # share of unseen cells of known types called Unknown by the "auto" threshold
+
+
+def _calibrate_mapping(latent: np.ndarray, held_out: np.ndarray) -> float:
+    """Mapping-score threshold from the reference cells held out of training.
+
+    Cells the model was trained on sit closer to each other in its latent space than unseen cells of
+    the same types; the held-out cells show how far a new cell of a *known* type typically lands, so
+    the threshold is the ``MAPPING_QUANTILE`` quantile of their scores against the training cells.
+    """
+    held_out = np.asarray(held_out, dtype=np.int64)
+    if len(held_out) < 20:
+        return DEFAULT_MAPPING_THRESHOLD
+    trained = np.setdiff1d(np.arange(latent.shape[0]), held_out)
+    scores = mapping_score(latent[trained], latent[held_out], MAPPING_NEIGHBORS)
+    return float(np.quantile(scores, MAPPING_QUANTILE))
+
+
 def mapping_score(ref_latent: np.ndarray, query_latent: np.ndarray, k: int) -> np.ndarray:
     """How well each query cell sits among reference cells: typical reference spacing / its distance.
 
     The mean distance of a query cell to its ``k`` nearest reference cells is compared with those
     reference cells' own mean distance to their ``k`` nearest reference neighbours; the score is their
-    ratio, capped at 1 (1 = as close as reference cells are to each other; small = off the reference).
+    ratio (1 = as close as reference cells are to each other; above 1 = in a denser spot; small = off the
+    reference).
     """
     from sklearn.neighbors import NearestNeighbors
 
@@ -343,4 +402,4 @@ def mapping_score(ref_latent: np.ndarray, query_latent: np.ndarray, k: int) -> n
     ref_spacing = ref_dist[:, 1:].mean(1)
     q_dist, q_idx = nn.kneighbors(query_latent, n_neighbors=k)
     expected = ref_spacing[q_idx].mean(1)
-    return np.minimum(1.0, expected / np.maximum(q_dist.mean(1), 1e-12))
+    return expected / np.maximum(q_dist.mean(1), 1e-12)

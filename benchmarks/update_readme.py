@@ -1,0 +1,36 @@
+"""Copy the generated benchmark tables (benchmarks/results/*.md) into README.md between their markers.
+
+    .venv/bin/python benchmarks/update_readme.py
+
+README.md holds pairs of lines ``<!-- begin results/NAME.md -->`` / ``<!-- end results/NAME.md -->``;
+everything between them is replaced by the file's current text, so no table in the README is typed by hand.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).parents[1]
+PATTERN = re.compile(r"(<!-- begin (results/[\w.-]+\.md) -->\n)(.*?)(<!-- end \2 -->)", re.S)
+
+
+def main() -> None:
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+
+    def fill(match: re.Match) -> str:
+        source = ROOT / "benchmarks" / match.group(2)
+        body = source.read_text().strip() if source.exists() else f"*{match.group(2)} not generated yet*"
+        body = re.sub(r"^(#{2,5}) ", r"#\1 ", body, flags=re.M)  # nest the tables' headings one level down
+        return f"{match.group(1)}{body}\n{match.group(4)}"
+
+    new = PATTERN.sub(fill, text)
+    tmp = readme.with_suffix(".md.tmp")
+    tmp.write_text(new)
+    tmp.replace(readme)
+    print(f"updated {len(PATTERN.findall(text))} tables in {readme}")
+
+
+if __name__ == "__main__":
+    main()
