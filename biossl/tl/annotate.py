@@ -17,10 +17,10 @@ logger = logging.getLogger("biossl")
 UNKNOWN = "Unknown"
 
 
-def split_labels(adata: AnnData, labels_key: str, unlabeled_category: str | None) -> tuple[np.ndarray, list[str]]:
-    """Integer codes of ``obs[labels_key]`` (-1 = unlabelled) and the sorted class names.
+def label_codes(adata: AnnData, labels_key: str, unlabeled_category: str | None) -> tuple[np.ndarray, list[str]]:
+    """Integer codes of ``obs[labels_key]`` (-1 = unlabelled: NaN or ``unlabeled_category``) and the sorted classes.
 
-    Raises ValueError when the column is missing, nothing or everything is labelled, or only one class is.
+    Lenient: any number of classes and labelled cells; :func:`split_labels` adds the checks propagation needs.
     """
     if labels_key not in adata.obs:
         raise ValueError(
@@ -32,6 +32,17 @@ def split_labels(adata: AnnData, labels_key: str, unlabeled_category: str | None
     if unlabeled_category is not None:
         missing |= text == str(unlabeled_category)
     classes = sorted(set(text[~missing]))
+    lookup = {c: i for i, c in enumerate(classes)}
+    codes = np.array([-1 if m else lookup[t] for m, t in zip(missing, text, strict=True)], dtype=np.int64)
+    return codes, classes
+
+
+def split_labels(adata: AnnData, labels_key: str, unlabeled_category: str | None) -> tuple[np.ndarray, list[str]]:
+    """Integer codes of ``obs[labels_key]`` (-1 = unlabelled) and the sorted class names.
+
+    Raises ValueError when the column is missing, nothing or everything is labelled, or only one class is.
+    """
+    codes, classes = label_codes(adata, labels_key, unlabeled_category)
     where = f"adata.obs[{labels_key!r}]"
     if not classes:
         raise ValueError(
@@ -39,13 +50,11 @@ def split_labels(adata: AnnData, labels_key: str, unlabeled_category: str | None
         )
     if len(classes) < 2:
         raise ValueError(f"{where} has only one labelled class ({classes[0]!r}); label cells of at least two types.")
-    if not missing.any():
+    if (codes >= 0).all():
         raise ValueError(
             f"every cell in {where} is labelled, so there is nothing to annotate; mark unlabelled cells as NaN "
             f"or {unlabeled_category!r}."
         )
-    lookup = {c: i for i, c in enumerate(classes)}
-    codes = np.array([-1 if m else lookup[t] for m, t in zip(missing, text, strict=True)], dtype=np.int64)
     return codes, classes
 
 
@@ -155,25 +164,25 @@ def annotate(
     if W.shape != (adata.n_obs, adata.n_obs):
         raise ValueError(f"the graph has shape {W.shape} but adata has {adata.n_obs} cells; rebuild it.")
     rep = _graph_representation(adata, neighbors_key) if refine else None
-    proba, confidence, label_codes = propagate_labels(W, codes, len(classes), alpha=alpha)
+    proba, confidence, pred_codes = propagate_labels(W, codes, len(classes), alpha=alpha)
     if rep is not None:
-        proba, confidence, label_codes = _normalise_rows(self_train(rep, codes, proba))
+        proba, confidence, pred_codes = _normalise_rows(self_train(rep, codes, proba))
     calibration = {"method": "none"}
     if calibrate:  # calibrated confidence (biossl/tl/calibrate.py); the argmax, hence the labels, do not change
         from .calibrate import annotation_predictor, calibrate_annotation
 
         predictor = annotation_predictor(W, len(classes), alpha=alpha, rep=rep)
         proba, calibration = calibrate_annotation(predictor, codes, proba)
-        proba, confidence, label_codes = _normalise_rows(proba)
+        proba, confidence, pred_codes = _normalise_rows(proba)
 
     labelled = codes >= 0
-    label_codes[labelled] = codes[labelled]
+    pred_codes[labelled] = codes[labelled]
     confidence[labelled] = 1.0
-    unknown = label_codes < 0
+    unknown = pred_codes < 0
     if unknown_threshold is not None:
         unknown |= (confidence < unknown_threshold) & ~labelled
     names = np.array([*classes, UNKNOWN], dtype=object)
-    labels = pd.Categorical(names[np.where(unknown, len(classes), label_codes)], categories=[*classes, UNKNOWN])
+    labels = pd.Categorical(names[np.where(unknown, len(classes), pred_codes)], categories=[*classes, UNKNOWN])
 
     adata = adata.copy() if copy else adata
     adata.obs[f"{key_added}_label"] = pd.Series(labels, index=adata.obs_names)

@@ -285,10 +285,9 @@ def novelty(
     this cell, its type may be missing from the labels. In ``benchmarks/novel_types.py`` (one type's labels
     hidden, 5 labels per other type) its mean AUROC was far above that of ``1 - biossl_confidence``.
     """
-    from .annotate import _graph_representation, connectivities
-    from .suggest import _label_codes
+    from .annotate import _graph_representation, connectivities, label_codes
 
-    codes, _ = _label_codes(adata, labels_key, unlabeled_category)
+    codes, _ = label_codes(adata, labels_key, unlabeled_category)
     if not (codes >= 0).any():
         raise ValueError(f"adata.obs[{labels_key!r}] has no labelled cell; label a few cells first.")
     W = connectivities(adata, neighbors_key)

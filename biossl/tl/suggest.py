@@ -14,6 +14,7 @@ from .annotate import (
     _graph_representation,
     _normalise_rows,
     connectivities,
+    label_codes,
     propagate_labels,
     self_train,
 )
@@ -21,23 +22,6 @@ from .annotate import (
 logger = logging.getLogger("biossl")
 
 __all__ = ["suggest_labels", "suggestion_scores"]
-
-
-def _label_codes(adata: AnnData, labels_key: str, unlabeled_category: str | None) -> tuple[np.ndarray, list[str]]:
-    """Integer codes (-1 = unlabelled) and class names; unlike ``annotate`` zero or one class is allowed."""
-    if labels_key not in adata.obs:
-        raise ValueError(
-            f"labels_key={labels_key!r} is not a column of adata.obs (have: {list(adata.obs.columns)[:10]})."
-        )
-    col = adata.obs[labels_key]
-    missing = col.isna().to_numpy()
-    text = col.astype(str).to_numpy()
-    if unlabeled_category is not None:
-        missing |= text == str(unlabeled_category)
-    classes = sorted(set(text[~missing]))
-    lookup = {c: i for i, c in enumerate(classes)}
-    codes = np.array([-1 if m else lookup[t] for m, t in zip(missing, text, strict=True)], dtype=np.int64)
-    return codes, classes
 
 
 def _rank01(x: np.ndarray) -> np.ndarray:
@@ -213,7 +197,7 @@ def suggest_labels(
         raise ValueError(f"hops must be a non-negative integer, got {hops!r}")
     if density_weight < 0:
         raise ValueError(f"density_weight must be >= 0, got {density_weight!r}")
-    codes, classes = _label_codes(adata, labels_key, unlabeled_category)
+    codes, classes = label_codes(adata, labels_key, unlabeled_category)
     unlabelled = codes < 0
     if not unlabelled.any():
         raise ValueError(f"every cell in adata.obs[{labels_key!r}] is labelled; there is nothing to suggest.")
