@@ -85,9 +85,13 @@ def read_weights(path: str | os.PathLike, device: torch.device) -> dict[str, tor
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError or EOFError on bad files
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        text = str(err)
+        if "Weights only load failed" in text or "Unsupported global" in text:
+            why = "it holds pickled Python objects, which biossl never unpickles"
+        else:
+            why = (text.strip().splitlines()[0] if text.strip() else type(err).__name__)[:120]
         raise ValueError(
-            f"{path} is not a plain weights file ({first[:120]}); refusing to load it. "
+            f"{path} is not a plain weights file ({why}); refusing to load it. "
             "Only state dicts saved by biossl can be loaded."
         ) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -88,16 +88,22 @@ class Reference:
         from ..model import EmbeddingModel
         from ..model.io import CONFIG, WEIGHTS, read_config
 
-        config = read_config(path, required=(WEIGHTS, CONFIG, REFERENCE_FILE))
+        config = read_config(path, required=(WEIGHTS, CONFIG))
         if "reference" not in config:
-            raise ValueError(f"{path} holds a model but no reference; save it with Reference.save().")
+            raise ValueError(
+                f"{path} is a model directory, not a reference (no labelled cells in it); build one with "
+                "biossl.tl.fit_reference or `biossl fit-reference`."
+            )
+        if not (Path(path) / REFERENCE_FILE).is_file():
+            raise ValueError(f"reference directory {path} is missing {REFERENCE_FILE}; save the reference again.")
         model = EmbeddingModel.load(path, device=device)
         try:
             with np.load(Path(path) / REFERENCE_FILE, allow_pickle=False) as npz:
                 latent, codes = npz["latent"], npz["codes"]
                 held_out = npz["held_out"] if "held_out" in npz.files else None
         except (ValueError, OSError, KeyError) as err:
-            raise ValueError(f"{Path(path) / REFERENCE_FILE} is damaged or not a biossl reference ({err}).") from None
+            why = "it holds pickled Python objects, which biossl never unpickles" if "pickle" in str(err) else err
+            raise ValueError(f"{Path(path) / REFERENCE_FILE} is damaged or not a biossl reference ({why}).") from None
         meta = dict(config["reference"])
         classes = [str(c) for c in meta.pop("classes")]
         if latent.shape != (len(codes), model.config["n_latent"]) or codes.max(initial=-1) >= len(classes):

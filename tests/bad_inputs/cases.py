@@ -1051,7 +1051,7 @@ CASES: list[Case] = [
         "model",
         "a plain model directory given as a reference (`Reference.load`)",
         _load_reference,
-        ("no reference",),
+        ("not a reference",),
     ),
     Case(
         "map_query-threshold-string",
