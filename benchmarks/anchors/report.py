@@ -50,6 +50,21 @@ LABELS = {
 }
 
 
+# one colour per method in every panel
+COLORS = {
+    "biossl": "black",
+    "biossl_best": "tab:red",
+    "scanvi": "tab:blue",
+    "scanvi_fast": "tab:cyan",
+    "celltypist": "tab:green",
+    "ingest": "tab:olive",
+    "knn_pca": "tab:orange",
+    "knn1_pca": "tab:brown",
+    "labelspreading": "tab:purple",
+    "labelspreading_default": "tab:gray",
+}
+
+
 def load_runs(runs_dir: Path = RUNS) -> list[dict]:
     """Every run record (failed runs included, with an ``error`` field)."""
     return [json.loads(p.read_text()) for p in sorted(runs_dir.glob("*/*/*.json"))]
@@ -237,7 +252,7 @@ def plot(agg: dict, methods, path: Path) -> None:
     from biossl._io import write_figure_atomic
 
     datasets = [d for d in splitlib.DATASETS if d in agg]
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets) + 2.5, 4.2), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
         table = agg[dataset]
         ks = sorted(r for r in table if isinstance(r, int))
@@ -246,8 +261,8 @@ def plot(agg: dict, methods, path: Path) -> None:
             if not pts:
                 continue
             x, y, e = map(np.array, zip(*pts, strict=True))
-            style = {"lw": 2.5, "color": "black" if m == "biossl" else "tab:red"} if m in BIOSSL else {"lw": 1.2}
-            ax.errorbar(x, y, yerr=e, marker="o", ms=3, capsize=2, label=LABELS.get(m, m), **style)
+            lw = 2.5 if m in BIOSSL else 1.2
+            ax.errorbar(x, y, yerr=e, marker="o", ms=3, capsize=2, lw=lw, color=COLORS[m], label=LABELS.get(m, m))
         ax.set_xscale("log")
         ax.set_xticks(ks, [str(k) for k in ks])
         ax.set_xlabel("labelled cells per type (k)")
@@ -255,8 +270,12 @@ def plot(agg: dict, methods, path: Path) -> None:
         ax.set_title(dataset)
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    handles = {}
+    for ax in axes[0]:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(lab, h)
+    fig.legend(handles.values(), handles.keys(), loc="center right", fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 0.82, 1))
     write_figure_atomic(fig, path, overwrite=True)
     plt.close(fig)
 
