@@ -22,7 +22,7 @@ def main() -> None:
     def fill(match: re.Match) -> str:
         source = ROOT / "benchmarks" / match.group(2)
         body = source.read_text().strip() if source.exists() else f"*{match.group(2)} not generated yet*"
-        body = re.sub(r"^(#{2,5}) ", r"#\1 ", body, flags=re.M)  # nest the tables' headings one level down
+        body = re.sub(r"^(#{2,4}) ", r"##\1 ", body, flags=re.M)  # nest the tables' headings under the README's
         return f"{match.group(1)}{body}\n{match.group(4)}"
 
     new = PATTERN.sub(fill, text)
