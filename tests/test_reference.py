@@ -157,7 +157,7 @@ def test_reference_dir_round_trip_and_damage(reference, reference_dir, tmp_path)
     broken = tmp_path / "broken"
     reference.save(broken)
     (broken / "reference.npz").write_bytes(b"not a zip file")
-    with pytest.raises(ValueError, match="reference.npz"):
+    with pytest.raises(ValueError, match=r"reference\.npz"):
         biossl.Reference.load(broken)
     # a plain model directory (no reference in it) is not a reference
     with pytest.raises(ValueError, match="not a reference"):
