@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from anndata import AnnData
 
+from .._check import check_int
 from .._record import record, versions
 from ..pp import check_batch, check_copy, ensure_setup, write_setup
 
@@ -99,8 +100,8 @@ def embed(
         raise ValueError("copy=True and return_model=True cannot be combined; pick one.")
     check_copy(adata, copy)
     for name, val, lo in (("seed", seed, 0), ("n_latent", n_latent, 1)):  # checked here so the PCA path names them
-        if val is not None and (not isinstance(val, int | np.integer) or isinstance(val, bool) or val < lo):
-            raise ValueError(f"{name} must be an integer >= {lo}, got {val!r}")
+        if val is not None:
+            check_int(name, val, lo)
     mask, setup_params, setup_pending = ensure_setup(adata, batch_key)
     batch_key = batch_key or setup_params.get("batch_key")
     batch = check_batch(adata, batch_key)

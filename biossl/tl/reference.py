@@ -20,7 +20,7 @@ from .. import graph
 from .._check import check_fraction, check_int
 from .._record import record, versions
 from ..pp import check_anndata, check_batch, find_counts
-from .annotate import UNKNOWN, _normalise_rows, propagate_labels, self_train, split_labels
+from .annotate import UNKNOWN, _normalise_rows, label_codes, propagate_labels, self_train
 
 if TYPE_CHECKING:
     from ..model import EmbeddingModel
@@ -185,24 +185,17 @@ def fit_reference(
     return Reference(model, latent, codes, classes, meta, model.validation_index)
 
 
-def _reference_labels(ref: AnnData, labels_key: str, unlabeled_category: str | None) -> tuple[np.ndarray, list[str]]:
+def _reference_labels(adata: AnnData, labels_key: str, unlabeled_category: str | None) -> tuple[np.ndarray, list[str]]:
     """Label codes of a reference, where (unlike a query) every cell may be labelled."""
-    check_anndata(ref)
-    if labels_key not in ref.obs:
-        raise ValueError(f"labels_key={labels_key!r} is not a column of ref.obs (have: {list(ref.obs.columns)[:10]}).")
-    col = ref.obs[labels_key]
-    missing = col.isna().to_numpy() | (col.astype(str).to_numpy() == str(unlabeled_category))
-    if missing.all():
-        raise ValueError(f"ref.obs[{labels_key!r}] has no labelled cell; a reference needs labels.")
-    if missing.any():
-        codes, classes = split_labels(ref, labels_key, unlabeled_category)
-    else:
-        classes = sorted(set(col.astype(str)))
-        if len(classes) < 2:
-            raise ValueError(f"ref.obs[{labels_key!r}] has only one class ({classes[0]!r}); a reference needs two.")
-        codes = pd.Categorical(col.astype(str), categories=classes).codes.astype(np.int64)
+    check_anndata(adata)
+    codes, classes = label_codes(adata, labels_key, unlabeled_category)
+    where = f"adata.obs[{labels_key!r}]"
+    if not classes:
+        raise ValueError(f"{where} has no labelled cell; a reference needs labels.")
+    if len(classes) < 2:
+        raise ValueError(f"{where} has only one class ({classes[0]!r}); a reference needs two.")
     if UNKNOWN in classes:
-        raise ValueError(f"{UNKNOWN!r} is a class in ref.obs[{labels_key!r}]; biossl reserves it, rename the class.")
+        raise ValueError(f"{UNKNOWN!r} is a class in {where}; biossl reserves it, rename the class.")
     return codes, classes
 
 
