@@ -13,6 +13,8 @@ from sklearn.metrics import f1_score, roc_auc_score
 
 import biossl
 from biossl.cli import main
+from biossl.tl.reference import AUTO_MAPPING_THRESHOLD as AUTO
+from biossl.tl.reference import mapping_score, reference_share
 
 CELLBENCH = Path(__file__).parents[2] / "shared" / "data" / "cellbench" / "cellbench_lung_celllines.h5ad"
 STEPS = 600  # a short training budget keeps the tests fast; the benchmark uses the default
@@ -135,6 +137,68 @@ def test_held_out_type_is_called_unknown(halves):
     assert roc_auc_score(novel, -query.obs["biossl_mapping_score"]) > 0.85
 
 
+def test_held_out_sibling_type_ranks_as_novel(halves):
+    # NK cells sit next to CD8 T cells: the distance to the reference alone does not single them out (AUROC
+    # 0.52 before the reference share), but they form query-only neighbourhoods in the joint graph
+    ref, query = halves
+    ref = ref[(ref.obs["cell_type"] != "NK").to_numpy()].copy()
+    reference = biossl.tl.fit_reference(ref, "cell_type", max_steps=STEPS, progress=False)
+    query = query.copy()
+    biossl.tl.map_query(query, reference, progress=False)
+    novel = (query.obs["cell_type"] == "NK").to_numpy()
+    called = (query.obs["biossl_label"] == "Unknown").to_numpy()
+    assert roc_auc_score(novel, -query.obs["biossl_mapping_score"]) > 0.85
+    assert called[novel].mean() > 3 * called[~novel].mean()
+    assert called[~novel].mean() < 0.05
+
+
+def _clusters(rng, centres, sizes, shift=0.0):
+    return np.vstack([rng.normal(c, 1.0, (n, 2)) + shift for c, n in zip(centres, sizes, strict=True)])
+
+
+def _share(ref, query, ref_codes, proba, k=15):
+    joint = np.vstack([ref, query])
+    idx, _ = biossl.graph.knn(joint, k)
+    return reference_share(idx, ref_codes, proba)
+
+
+def test_reference_share_flags_query_only_neighbourhoods_not_composition():
+    rng = np.random.default_rng(0)
+    centres = [(0, 0), (12, 0)]
+    ref = _clusters(rng, centres, [200, 200])
+    codes = np.repeat([0, 1], 200)
+    # a novel type right next to type 1 (no reference cells there), known types mixed with the reference
+    query = np.vstack([_clusters(rng, centres, [200, 200]), rng.normal((17, 0), 1.0, (60, 2))])
+    proba = np.zeros((460, 2))
+    proba[:200, 0] = 1
+    proba[200:, 1] = 1  # the novel cells are predicted as the neighbouring type
+    share = _share(ref, query, codes, proba)
+    assert np.median(share[400:]) < 0.35 and np.mean(share[:400] < AUTO) < 0.05
+    # 10x more of type 0 in the query than in the reference (baron mouse1 -> mouse2: 9 vs 182 alpha cells):
+    # its neighbourhoods hold few reference cells, as expected from the counts, so most are not flagged
+    ref = np.vstack([rng.normal(centres[0], 1.0, (20, 2)), rng.normal(centres[1], 1.0, (300, 2))])
+    codes = np.repeat([0, 1], [20, 300])
+    query = _clusters(rng, centres, [200, 300])
+    proba = np.zeros((500, 2))
+    proba[:200, 0] = 1
+    proba[200:, 1] = 1
+    corrected = _share(ref, query, codes, proba)
+    uncorrected = _share(ref, query, codes, np.zeros_like(proba))  # no class information
+    assert np.mean(uncorrected[:200] < AUTO) > 0.9
+    assert np.mean(corrected[:200] < AUTO) < 0.5 and np.mean(corrected[200:] < AUTO) < 0.05
+
+
+def test_rare_reference_type_is_not_off_reference():
+    # a type with 3 reference cells is judged by those cells, not by the 50 nearest cells of other types
+    rng = np.random.default_rng(0)
+    ref = np.vstack([rng.normal(0, 1, (300, 5)), rng.normal(6, 0.3, (3, 5))])
+    codes = np.repeat([0, 1], [300, 3])
+    query = rng.normal(6, 0.3, (5, 5))
+    pooled = mapping_score(ref, query, 50)
+    by_class = mapping_score(ref, query, 50, ref_codes=codes, query_codes=np.ones(5, dtype=int))
+    assert pooled.max() < 0.5 and by_class.min() > 0.5
+
+
 @pytest.mark.skipif(not CELLBENCH.exists(), reason="../shared/data/cellbench is not on this machine")
 def test_cross_technology_mapping_cellbench():
     data = ad.read_h5ad(CELLBENCH)
@@ -144,6 +208,8 @@ def test_cross_technology_mapping_cellbench():
     biossl.tl.map_query(query, reference, batch_key="batch", progress=False)
     assert query.uns["biossl"]["map_query"]["new_batches"] == ["sc_dropseq"]
     assert macro_f1(query.obs["cell_type"], query.obs["biossl_label"]) > 0.9
+    # the whole query is shifted by technology: the reference share is measured against that, not absolutely
+    assert (query.obs["biossl_label"] == "Unknown").mean() < 0.05
 
 
 def test_reference_dir_round_trip_and_damage(reference, reference_dir, tmp_path):

@@ -54,13 +54,16 @@ class Reference:
         self.held_out = np.zeros(0, dtype=np.int64) if held_out is None else np.asarray(held_out, dtype=np.int64)
 
     @property
-    def trained_latent(self) -> np.ndarray:
-        """Latent of the reference cells the model was trained on (query cells are scored against these)."""
-        if len(self.held_out) == 0:
-            return self.latent
+    def trained_index(self) -> np.ndarray:
+        """Rows of the reference cells the model was trained on (query cells are scored against these)."""
         keep = np.ones(self.latent.shape[0], dtype=bool)
         keep[self.held_out] = False
-        return self.latent[keep]
+        return np.flatnonzero(keep)
+
+    @property
+    def trained_latent(self) -> np.ndarray:
+        """Latent of the reference cells the model was trained on."""
+        return self.latent[self.trained_index]
 
     def __repr__(self) -> str:
         return (
@@ -180,7 +183,7 @@ def fit_reference(
         "batch_key": batch_key,
         "gene_key": gene_key,
         "n_cells": int(adata.n_obs),
-        "mapping_threshold": _calibrate_mapping(latent, model.validation_index),
+        "distance_threshold": _calibrate_mapping(latent, model.validation_index, codes),
     }
     return Reference(model, latent, codes, classes, meta, model.validation_index)
 
@@ -238,11 +241,14 @@ def map_query(
     unknown_threshold
         Call ``"Unknown"`` below this confidence.
     mapping_threshold
-        Call ``"Unknown"`` where the mapping score (how close a query cell lies to the reference,
-        relative to the reference's own neighbour distances, see :func:`mapping_score`) is below this:
-        cells of a type absent from the reference. ``"auto"`` takes the threshold stored with the
-        reference: the 1st percentile of the scores of reference cells that were held out of training
-        (cells the model never saw but whose types it knows).
+        Call ``"Unknown"`` where the mapping score is below this: cells of a type absent from the
+        reference. The score (0 to 1; 1 = mapped as well as a typical query cell) is the product of two
+        parts, each capped at 1: how much the cell's neighbourhood in the joint graph is shared with
+        reference cells, relative to what the query as a whole and its predicted class make typical
+        (:func:`reference_share`; a novel type forms query-only neighbourhoods even next to a related
+        reference type), and how close it lies to the reference cells of its predicted class
+        (:func:`mapping_score`) relative to the distance that 1% of the reference cells held out of
+        training fall below. ``"auto"`` is 0.7.
     fine_tune_steps
         Training steps for new batch columns (0 embeds new batches as the average of known ones).
     min_overlap
@@ -307,9 +313,17 @@ def map_query(
     proba, _, _ = propagate_labels(W, seeds, len(reference.classes), alpha=alpha)
     proba, confidence, pred = _normalise_rows(self_train(joint, seeds, proba, seed=seed))
     proba, confidence, pred = proba[n_ref:], confidence[n_ref:], pred[n_ref:]
-    score = mapping_score(reference.trained_latent, latent, MAPPING_NEIGHBORS)
+    trained = reference.trained_index
+    distance = mapping_score(
+        reference.latent[trained], latent, MAPPING_NEIGHBORS, ref_codes=reference.codes[trained], query_codes=pred
+    )
+    distance_threshold = reference.meta.get("distance_threshold")
+    if distance_threshold is None:  # saved before the class-aware distance: calibrate it now
+        distance_threshold = _calibrate_mapping(reference.latent, reference.held_out, reference.codes)
+    share = reference_share(idx, reference.codes, proba)
+    score = np.minimum(1.0, share) * np.minimum(1.0, distance / max(float(distance_threshold), 1e-12))
     if mapping_threshold == "auto":
-        mapping_threshold = float(reference.meta.get("mapping_threshold", DEFAULT_MAPPING_THRESHOLD))
+        mapping_threshold = AUTO_MAPPING_THRESHOLD
 
     unknown = (pred < 0) | (score < mapping_threshold)
     if unknown_threshold is not None:
@@ -335,6 +349,7 @@ def map_query(
             "n_neighbors": k,
             "alpha": alpha,
             "mapping_threshold": mapping_threshold,
+            "distance_threshold": float(distance_threshold),
             "unknown_threshold": unknown_threshold,
             "key_added": key_added,
             "n_unknown": int(unknown.sum()),
@@ -365,34 +380,65 @@ def _query_batches(model: EmbeddingModel, batch: pd.Series | None, n: int) -> tu
     return np.array([lookup[b] for b in values], dtype=np.int64), new
 
 
-MAPPING_NEIGHBORS = 50  # reference cells a query cell is compared with (novel-type AUROC rose from k=15 to k=50)
-DEFAULT_MAPPING_THRESHOLD = 0.5  # references too small to hold cells out of training
-MAPPING_QUANTILE = 0.01  # share of unseen cells of known types called Unknown by the "auto" threshold
+AUTO_MAPPING_THRESHOLD = 0.7  # of the combined score; chosen on benchmarks/reference_mapping.py (novel + cross)
+MAPPING_NEIGHBORS = 50  # reference cells of the predicted class a query cell is compared with (at most)
+DEFAULT_MAPPING_THRESHOLD = 0.5  # distance threshold of references too small to hold cells out of training
+MAPPING_QUANTILE = 0.01  # share of unseen cells of known types below the distance threshold
 
 
-def _calibrate_mapping(latent: np.ndarray, held_out: np.ndarray) -> float:
-    """Mapping-score threshold from the reference cells held out of training.
+def _calibrate_mapping(latent: np.ndarray, held_out: np.ndarray, codes: np.ndarray) -> float:
+    """Distance threshold of the mapping score from the reference cells held out of training.
 
     Cells the model was trained on sit closer to each other in its latent space than unseen cells of
-    the same types; the held-out cells show how far a new cell of a *known* type typically lands, so
-    the threshold is the ``MAPPING_QUANTILE`` quantile of their scores against the training cells.
+    the same types; the held-out cells show how far a new cell of a *known* type typically lands from the
+    trained cells of its type, so the threshold is the ``MAPPING_QUANTILE`` quantile of their scores.
     """
     held_out = np.asarray(held_out, dtype=np.int64)
+    codes = np.asarray(codes, dtype=np.int64)
+    held_out = held_out[codes[held_out] >= 0]
     if len(held_out) < 20:
         return DEFAULT_MAPPING_THRESHOLD
     trained = np.setdiff1d(np.arange(latent.shape[0]), held_out)
-    scores = mapping_score(latent[trained], latent[held_out], MAPPING_NEIGHBORS)
+    scores = mapping_score(
+        latent[trained], latent[held_out], MAPPING_NEIGHBORS, ref_codes=codes[trained], query_codes=codes[held_out]
+    )
     return float(np.quantile(scores, MAPPING_QUANTILE))
 
 
-def mapping_score(ref_latent: np.ndarray, query_latent: np.ndarray, k: int) -> np.ndarray:
+def mapping_score(
+    ref_latent: np.ndarray,
+    query_latent: np.ndarray,
+    k: int,
+    *,
+    ref_codes: np.ndarray | None = None,
+    query_codes: np.ndarray | None = None,
+) -> np.ndarray:
     """How well each query cell sits among reference cells: typical reference spacing / its distance.
 
     The mean distance of a query cell to its ``k`` nearest reference cells is compared with those
     reference cells' own mean distance to their ``k`` nearest reference neighbours; the score is their
     ratio (1 = as close as reference cells are to each other; above 1 = in a denser spot; small = off the
-    reference).
+    reference). With ``ref_codes`` and ``query_codes`` (class codes, -1 = none) a query cell is compared
+    with the reference cells of its own class only (at most ``k``; a rare type with 3 reference cells is
+    judged by those 3, not by the 50 nearest cells of other types); cells of class -1, or of a class with
+    fewer than 2 reference cells, are compared with the whole reference.
     """
+    if ref_codes is None or query_codes is None:
+        return _spacing_ratio(ref_latent, query_latent, k)
+    ref_codes, query_codes = np.asarray(ref_codes), np.asarray(query_codes)
+    score = np.empty(query_latent.shape[0], dtype=np.float64)
+    pooled = np.ones(query_latent.shape[0], dtype=bool)
+    for c in np.unique(query_codes[query_codes >= 0]):
+        ref_c, rows = ref_codes == c, query_codes == c
+        if ref_c.sum() >= 2:
+            score[rows] = _spacing_ratio(ref_latent[ref_c], query_latent[rows], k)
+            pooled[rows] = False
+    if pooled.any():
+        score[pooled] = _spacing_ratio(ref_latent, query_latent[pooled], k)
+    return score
+
+
+def _spacing_ratio(ref_latent: np.ndarray, query_latent: np.ndarray, k: int) -> np.ndarray:
     from sklearn.neighbors import NearestNeighbors
 
     k = int(min(k, ref_latent.shape[0] - 1))
@@ -402,3 +448,47 @@ def mapping_score(ref_latent: np.ndarray, query_latent: np.ndarray, k: int) -> n
     q_dist, q_idx = nn.kneighbors(query_latent, n_neighbors=k)
     expected = ref_spacing[q_idx].mean(1)
     return expected / np.maximum(q_dist.mean(1), 1e-12)
+
+
+def reference_share(idx: np.ndarray, ref_codes: np.ndarray, proba: np.ndarray) -> np.ndarray:
+    """How much each query cell's neighbourhood is shared with reference cells, relative to what is typical.
+
+    ``idx`` are the neighbour indices of a joint kNN graph whose first ``len(ref_codes)`` rows are the
+    reference cells (``ref_codes``: their class codes, -1 = unlabelled) and the rest the query cells, whose
+    class probabilities are ``proba``. For each query cell the share of reference cells among its
+    neighbours (graph symmetrised) is averaged over the cell and its query neighbours: a novel type forms
+    query-only neighbourhoods (share near 0) even where it lies next to a related reference type. The share
+    is divided by what is expected of a known type:
+
+    * the median share over query cells, so a query shifted as a whole (another technology or donor,
+      where every neighbourhood holds fewer reference cells) stays at about 1 (this assumes most query cells
+      are of known types);
+    * lowered where the query holds relatively more cells of the predicted class than the reference
+      (e.g. 9 reference vs 182 query alpha cells): the class's reference share ``n_ref / (n_ref + n_query)``
+      over the overall one, capped at 1 so a composition shift only ever relaxes the expectation.
+
+    Returns one value per query cell (1 = typical; near 0 = a query-only neighbourhood).
+    """
+    import scipy.sparse as sp
+
+    n_ref = len(ref_codes)
+    n, k = idx.shape
+    A = sp.csr_matrix((np.ones(n * k), idx.ravel(), np.arange(0, n * k + 1, k)), shape=(n, n))
+    A = ((A + A.T) > 0).astype(np.float64).tocsr()
+    query = A[n_ref:]
+    share = np.asarray(query[:, :n_ref].sum(1)).ravel() / np.maximum(np.asarray(query.sum(1)).ravel(), 1)
+    smooth = (query[:, n_ref:] + sp.identity(n - n_ref, format="csr")).tocsr()
+    smooth = sp.diags(1.0 / np.asarray(smooth.sum(1)).ravel()) @ smooth
+    share = smooth @ share
+    typical = float(np.median(share)) if len(share) else 0.0
+    if typical <= 0:  # most query cells have no reference neighbour: the share cannot tell types apart
+        return np.ones_like(share)
+    labelled = ref_codes[ref_codes >= 0]
+    n_ref_c = np.bincount(labelled, minlength=proba.shape[1]).astype(np.float64)
+    class_share = n_ref_c / np.maximum(n_ref_c + proba.sum(0), 1e-12)
+    overall = len(labelled) / max(len(labelled) + proba.shape[0], 1)
+    reached = proba.sum(1) > 0
+    composition = np.ones(proba.shape[0])
+    composition[reached] = np.minimum(1.0, (proba[reached] @ class_share) / overall)
+    composition = np.maximum(smooth @ composition, 1e-3)
+    return share / (typical * composition)
