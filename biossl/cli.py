@@ -326,7 +326,7 @@ def _model_options(*, save: bool = True) -> Callable[[Callable], Callable]:
                 default="auto",
                 show_default=True,
                 metavar="KIND|DIR",
-                help="Embedding to compute: auto (VAE with two or more batches, else PCA), vae, ae, pca; or a "
+                help="Embedding to compute: auto (PCA; VAE when --save-model is given), vae, ae, pca; or a "
                 "saved model directory to reuse without training.",
             ),
             click.option("--batch-key", metavar="KEY", help="obs column with the batch of each cell."),

@@ -50,13 +50,15 @@ def embed(
         embedded in chunks, so memory does not grow with the matrix (only the latent is kept).
     model
         ``"vae"`` or ``"ae"`` to train a new count model; ``"pca"`` for PCA of log-normalised, scaled
-        counts (scanpy); ``"auto"`` (default) picks ``"vae"`` when ``batch_key`` names two or more
-        batches and ``"pca"`` otherwise. A saved model directory or an :class:`~biossl.EmbeddingModel`
-        reuses a trained model (genes are aligned by name; no training). Why ``"auto"``: on
-        single-batch pbmc3k PCA kept rare types (DC) the VAE latent blurred; across donors and
-        technologies the batch-aware VAE maps one batch onto another far better (baron_mouse donor →
-        donor, cellbench). Within pooled donors at k ≥ 5 labels per type, PCA (with 30 neighbours,
-        alpha 0.99) scored higher on baron_mouse in ``benchmarks/anchors`` — see the README.
+        counts (scanpy); ``"auto"`` (default) is ``"pca"``, or ``"vae"`` when a model is to be saved or
+        returned. A saved model directory or an
+        :class:`~biossl.EmbeddingModel` reuses a trained model (genes are aligned by name; no training).
+        Why PCA by default: for few-label annotation it matched or beat the batch-aware VAE on every
+        benchmark set, at a fiftieth of the cost — single-batch pbmc3k (the VAE blurs small types such as
+        dendritic cells), pooled donors on baron_mouse (the VAE merged the 6–8-cell types), donor → donor
+        and across technologies on cellbench (``benchmarks/anchors``; see the README). Train the VAE when
+        the model itself is wanted: a reference to map new data onto (:func:`biossl.tl.fit_reference`),
+        gene function from denoised expression, or batches too different for a shared PCA.
     n_latent
         Latent dimensions (default 20 for the VAE/AE, 50 for PCA).
     batch_key
@@ -110,7 +112,7 @@ def embed(
     start = time.perf_counter()
     overlap = None
     if isinstance(model, str) and model == "auto":
-        model = "vae" if batch is not None and batch.nunique() > 1 else "pca"
+        model = "vae" if save_model is not None or return_model else "pca"  # see the docstring
     if isinstance(model, str) and model == "pca":
         if save_model is not None or return_model:
             raise ValueError("model='pca' has no trained model to save or return; use model='vae'.")
