@@ -165,6 +165,93 @@ def test_copy_returns_anndata(modules, unchanged):
     assert isinstance(out, AnnData) and "biossl_genes" in out.varm
 
 
+def test_bad_scoring_options(modules, unchanged):
+    adata = modules.copy()
+    for kwargs, match in [
+        ({"scoring": "magic"}, "scoring must be one of"),
+        ({"remove_components": -1}, "remove_components"),
+        ({"remove_components": ()}, "remove_components"),
+        ({"remove_components": (0, 1.5)}, "remove_components"),
+    ]:
+        with unchanged(adata), pytest.raises(ValueError, match=match):
+            biossl.tl.gene_function(adata, {"s": ["mod0_0"]}, graph="coexpression", **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the ensemble scorer: leading components, null-standardised propagation, hub prior
+
+
+def test_remove_components_takes_out_the_dominant_axis(modules):
+    from biossl.tl.genes import gene_correlation
+
+    adata = modules.copy()
+    # a strong axis shared by all 90 background genes (like the cell line of each cell) dominates the correlation
+    X = adata.X.toarray()
+    axis = np.random.default_rng(0).normal(0.0, 1.5, adata.n_obs)
+    X[:, 3 * MODULE_SIZE :] = np.round(X[:, 3 * MODULE_SIZE :] * np.exp(axis)[:, None])
+    adata.X = sp.csr_matrix(X.astype(np.float32))
+    full = gene_correlation(adata, graph="coexpression")
+    cleaned = gene_correlation(adata, graph="coexpression", remove_components=1)
+    np.testing.assert_allclose(np.diag(cleaned), 1.0)
+    top = np.linalg.eigh(full)[1][:, -1]
+    assert abs(top @ cleaned @ top) < 0.01 * abs(top @ full @ top)  # the leading axis is gone (up to rescaling)
+    # the planted modules survive: module genes still correlate with each other, not with the background
+    within = cleaned[:MODULE_SIZE, :MODULE_SIZE][~np.eye(MODULE_SIZE, dtype=bool)].mean()
+    assert within > 0.2 and within > 5 * abs(cleaned[:MODULE_SIZE, 3 * MODULE_SIZE :].mean())
+    with pytest.raises(ValueError, match="remove_components"):
+        gene_correlation(adata, graph="coexpression", remove_components=-2)
+
+
+def test_null_standardised_propagation_gives_hubs_no_head_start():
+    from biossl.tl.genes import _NullPropagator, _Propagator
+
+    # a graph with hubs (Chung-Lu: edge probability proportional to the product of the genes' weights)
+    rng = np.random.default_rng(0)
+    n = 200
+    weight = rng.lognormal(0.0, 1.0, n)
+    A = np.triu(rng.random((n, n)) < np.minimum(1.0, 8 * np.outer(weight, weight) / weight.sum()), 1)
+    W = sp.csr_matrix((A | A.T).astype(float))
+    degree = np.asarray(W.sum(1)).ravel()
+    random_sets = np.zeros((n, 400))
+    for t in range(400):
+        random_sets[rng.choice(n, 5, replace=False), t] = 1.0
+    plain = _Propagator(W, 0.99)(random_sets)
+    null = _NullPropagator(W, 0.99)(random_sets)
+    # averaged over random seed sets, the plain propagation ranks hubs first; the standardised one does not
+    assert np.corrcoef(plain.mean(1), degree)[0, 1] > 0.8
+    assert abs(np.corrcoef(null.mean(1), degree)[0, 1]) < 0.3
+    # and over all single-gene seed sets the standardised score of every gene averages exactly zero
+    np.testing.assert_allclose(_NullPropagator(W, 0.99)(np.eye(n)).mean(1), 0.0, atol=1e-9)
+
+
+def test_hub_prior_only_for_sets_of_hubs():
+    from biossl.tl.genes import _GeneScorer
+
+    W = sp.csr_matrix(TINY)
+    degree = TINY.sum(1)  # 3, 2, 2, 1, 1, 3
+    with_prior = _GeneScorer([W], 0.9, [degree])
+    without = _GeneScorer([W], 0.9, [])
+    hubs, leaves = np.zeros((6, 1)), np.zeros((6, 1))
+    hubs[[0, 5]] = 1.0
+    leaves[[3, 4]] = 1.0
+    np.testing.assert_allclose(with_prior(leaves), without(leaves))  # leaves are below mean degree: no prior
+    lift = (with_prior(hubs) - without(hubs))[:, 0]
+    z = (degree - degree.mean()) / degree.std()
+    np.testing.assert_allclose(lift, z[[0, 5]].mean() * z)  # hubs: degree added in proportion to the seeds'
+
+
+def test_plain_scoring_is_the_previous_propagation(modules, module_model):
+    from biossl.tl.genes import gene_correlation, propagation_scores
+
+    adata = modules.copy()
+    seeds = [f"mod1_{i}" for i in range(5)]
+    table = biossl.tl.gene_function(adata, {"s": seeds}, model=module_model, scoring="propagation")
+    known = np.isin(adata.var_names, seeds).astype(float)[:, None] / 5
+    expected = propagation_scores(gene_correlation(adata, model=module_model))(known)[:, 0]
+    np.testing.assert_allclose(table["score"].to_numpy(), expected, rtol=1e-6)
+    assert adata.uns["biossl_genes"]["params"]["scoring"] == "propagation"
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # EGAD protocol on a tiny graph, by hand
 

@@ -28,11 +28,19 @@ from ..pp import check_batch, counts_matrix, ensure_setup
 if TYPE_CHECKING:
     from ..model import EmbeddingModel
 
-__all__ = ["evaluate_gene_function", "gene_correlation", "gene_function", "propagation_scores", "read_gmt"]
+__all__ = [
+    "evaluate_gene_function",
+    "gene_correlation",
+    "gene_function",
+    "gene_scorer",
+    "propagation_scores",
+    "read_gmt",
+]
 
 logger = logging.getLogger("biossl")
 
 GRAPHS = ("combined", "denoised", "loadings", "coexpression")
+SCORINGS = ("ensemble", "propagation")
 DENSE_MAX_GENES = 8000  # above this the propagation uses sparse CG per set instead of one dense factorisation
 
 
@@ -128,6 +136,7 @@ def gene_correlation(
     genes: list[str] | None = None,
     max_cells: int = 20_000,
     seed: int = 0,
+    remove_components: int = 0,
 ) -> np.ndarray:
     """Genes × genes correlation used to build the gene graph.
 
@@ -149,6 +158,10 @@ def gene_correlation(
         Cells used at most (a seeded random subset above this).
     seed
         Seed of the cell subset.
+    remove_components
+        Remove this many leading principal components from the correlation (from each of the two before
+        ``"combined"`` averages them): co-expression that only follows the dominant axes of the data (e.g.
+        which cell line a cell comes from) is taken out, as in Parsana et al. 2019 (Genome Biol 20:94).
 
     Returns
     -------
@@ -158,11 +171,15 @@ def gene_correlation(
         raise ValueError(f"graph must be one of {GRAPHS}, got {graph!r}")
     if graph != "coexpression" and model is None:
         raise ValueError(f"graph={graph!r} needs a trained model; pass model= or use graph='coexpression'.")
+    _check_components((remove_components,))
     genes = _graph_genes(adata, model) if genes is None else list(genes)
     if graph == "combined":
-        kwargs = {"genes": genes, "max_cells": max_cells, "seed": seed}
+        kwargs = {"genes": genes, "max_cells": max_cells, "seed": seed, "remove_components": remove_components}
         denoised = gene_correlation(adata, graph="denoised", model=model, **kwargs)
         return (denoised + gene_correlation(adata, graph="coexpression", **kwargs)) / 2
+    if remove_components:
+        C = gene_correlation(adata, graph=graph, model=model, genes=genes, max_cells=max_cells, seed=seed)
+        return _remove_components(C, remove_components)
     if graph == "loadings":
         pos = {g: i for i, g in enumerate(model.genes)}
         return _corr(model.gene_loadings()[[pos[g] for g in genes]].T)
@@ -189,6 +206,37 @@ def gene_correlation(
     D = denoised_log_expression(model, X, codes)
     pos = {g: i for i, g in enumerate(model.genes)}
     return _corr(D[:, [pos[g] for g in genes]])
+
+
+def _remove_components(C: np.ndarray, r: int) -> np.ndarray:
+    """Correlation left after removing the ``r`` leading principal components (rescaled to unit diagonal)."""
+    if r == 0:
+        return C
+    from scipy.linalg import eigh
+
+    n = C.shape[0]
+    if r >= n - 1:
+        raise ValueError(f"remove_components={r} leaves nothing of a graph of {n} genes; use fewer than {n - 1}.")
+    w, V = eigh(C, subset_by_index=[n - r, n - 1])
+    R = C - (V * w) @ V.T
+    scale = np.sqrt(np.clip(np.diag(R), 1e-12, None))
+    R = R / scale[:, None] / scale[None, :]
+    np.fill_diagonal(R, 1.0)
+    return R
+
+
+def _graph_correlations(adata, *, graph, model, genes, seed, remove_components) -> tuple[list, np.ndarray | None]:
+    """One correlation per entry of ``remove_components`` (the base correlations computed once).
+
+    Also returns the raw co-expression correlation when it was computed on the way (``graph="combined"`` or
+    ``"coexpression"``), else None.
+    """
+    if graph == "combined":
+        den = gene_correlation(adata, graph="denoised", model=model, genes=genes, seed=seed)
+        raw = gene_correlation(adata, graph="coexpression", genes=genes, seed=seed)
+        return [(_remove_components(den, r) + _remove_components(raw, r)) / 2 for r in remove_components], raw
+    C = gene_correlation(adata, graph=graph, model=model, genes=genes, seed=seed)
+    return [_remove_components(C, r) for r in remove_components], C if graph == "coexpression" else None
 
 
 def knn_gene_graph(C: np.ndarray, n_neighbors: int) -> sp.csr_matrix:
@@ -239,6 +287,98 @@ def propagation_scores(C: np.ndarray, *, n_neighbors: int = 30, alpha: float = 0
     graph), so scoring many sets (or EGAD folds) costs one triangular solve each.
     """
     return _Propagator(knn_gene_graph(C, n_neighbors), alpha)
+
+
+def _standardize_columns(F: np.ndarray) -> np.ndarray:
+    sd = F.std(0)
+    return (F - F.mean(0)) / np.where(sd > 0, sd, 1.0)
+
+
+def _zscore(v: np.ndarray) -> np.ndarray:
+    sd = v.std()
+    return (v - v.mean()) / (sd if sd > 0 else 1.0)
+
+
+class _NullPropagator:
+    """Propagation at ``alpha`` as a z-score against seed sets drawn at random (of the same size).
+
+    With ``P = (I - alpha S)^-1`` a set of ``m`` random seeds gives gene ``i`` the score ``sum_j P_ij`` over
+    the seeds, of mean ``m mu_i`` and standard deviation about ``sqrt(m) sd_i`` (``mu_i``, ``sd_i`` the mean
+    and spread of row ``i`` of ``P``). Hub genes, which every propagation reaches, lose their head start.
+    Needs ``P`` whole, so only graphs up to ``DENSE_MAX_GENES`` genes get the spread; above that the
+    mean is subtracted (one extra solve) and the spread left at 1.
+    """
+
+    def __init__(self, W: sp.csr_matrix, alpha: float):
+        self.prop = _Propagator(W, alpha)
+        n = W.shape[0]
+        if self.prop.factor is not None:
+            P = self.prop(np.eye(n))
+            self.mu, self.sd = P.mean(1), P.std(1)
+        else:
+            self.mu, self.sd = self.prop(np.full((n, 1), 1.0 / n))[:, 0], np.ones(n)
+        self.sd = np.where(self.sd > 0, self.sd, 1.0)
+
+    def __call__(self, known: np.ndarray) -> np.ndarray:
+        known = np.asarray(known, dtype=np.float64)
+        return (self.prop(known) - self.mu[:, None] * known.sum(0)) / self.sd[:, None]
+
+
+class _GeneScorer:
+    """The default scorer of :func:`gene_function` (``scoring="ensemble"``), for several gene graphs.
+
+    For each graph: the propagation at ``alpha`` plus the null-standardised propagation at 0.99
+    (:class:`_NullPropagator`), each standardised over genes; averaged over the graphs. Then the hub
+    prior: for each degree vector ``g`` (standardised over genes), ``max(0, mean of g over the seeds) * g``
+    is added, so hub genes are ranked up only for sets whose known members are themselves hubs. ``W`` is
+    the mean of the graphs (for the node-degree baseline of the evaluation).
+    """
+
+    NULL_ALPHA = 0.99
+
+    def __init__(self, graphs: list[sp.csr_matrix], alpha: float, degrees: list[np.ndarray]):
+        self.parts = [(_Propagator(W, alpha), _NullPropagator(W, self.NULL_ALPHA)) for W in graphs]
+        self.W = sum(graphs[1:], graphs[0]) / len(graphs)
+        self.degrees = [_zscore(np.asarray(d, dtype=np.float64)) for d in degrees]
+
+    def __call__(self, known: np.ndarray) -> np.ndarray:
+        known = np.asarray(known, dtype=np.float64)
+        F = sum(_standardize_columns(p(known)) + _standardize_columns(z(known)) for p, z in self.parts)
+        F = F / len(self.parts)
+        size = np.maximum(known.sum(0), 1e-12)
+        for g in self.degrees:
+            F = F + np.clip((g @ known) / size, 0.0, None)[None, :] * g[:, None]
+        return F
+
+
+def gene_scorer(
+    correlations: list[np.ndarray],
+    *,
+    n_neighbors: int = 30,
+    alpha: float = 0.9,
+    scoring: str = "ensemble",
+    coexpression: np.ndarray | None = None,
+):
+    """The scorer :func:`gene_function` uses: call it with a genes × sets matrix of known members (0/1 or weights).
+
+    ``correlations`` are the graph correlations (one kNN graph each, e.g. from :func:`gene_correlation`
+    with different ``remove_components``). ``scoring="propagation"`` is the plain propagation on the first
+    graph (:func:`propagation_scores`); ``"ensemble"`` is described in :class:`_GeneScorer`, its hub prior
+    using the degree of each gene in the rank-standardised ``coexpression`` network (when given) and in
+    the gene graph. The returned scorer has ``W``, the gene graph.
+    """
+    if scoring not in SCORINGS:
+        raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
+    graphs = [knn_gene_graph(C, n_neighbors) for C in correlations]
+    if scoring == "propagation":
+        return _Propagator(graphs[0], alpha)
+    W = sum(graphs[1:], graphs[0]) / len(graphs)
+    degrees = [np.asarray(W.sum(1)).ravel()]
+    if coexpression is not None:
+        from ..metrics import rank_standardize
+
+        degrees.insert(0, rank_standardize(coexpression).sum(1))
+    return _GeneScorer(graphs, alpha, degrees)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -293,7 +433,23 @@ def _graph_genes(adata: AnnData, model) -> list[str]:
     return genes
 
 
-def _check_options(graph: str, n_neighbors: int, alpha: float) -> None:
+def _check_components(remove_components) -> tuple[int, ...]:
+    if isinstance(remove_components, int | np.integer) and not isinstance(remove_components, bool):
+        remove_components = (remove_components,)
+    try:
+        values = tuple(remove_components)
+    except TypeError:
+        values = ()
+    if not values or not all(isinstance(r, int | np.integer) and not isinstance(r, bool) and r >= 0 for r in values):
+        raise ValueError(
+            f"remove_components must be an integer >= 0 or a non-empty tuple of them, got {remove_components!r}"
+        )
+    return tuple(int(r) for r in values)
+
+
+def _check_options(graph: str, n_neighbors: int, alpha: float, scoring: str = "ensemble") -> None:
+    if scoring not in SCORINGS:
+        raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
     if graph not in GRAPHS:
         raise ValueError(f"graph must be one of {GRAPHS}, got {graph!r}")
     if not isinstance(n_neighbors, int | np.integer) or isinstance(n_neighbors, bool) or n_neighbors < 1:
@@ -314,6 +470,8 @@ def gene_function(
     graph: str = "combined",
     n_neighbors: int = 30,
     alpha: float = 0.9,
+    remove_components: int | tuple[int, ...] = (0, 3),
+    scoring: str = "ensemble",
     case_sensitive: bool = False,
     max_steps: int = 3000,
     seed: int = 0,
@@ -327,8 +485,9 @@ def gene_function(
     (``graph="combined"``) the mean of two correlations across cells: of the model-denoised expression
     and of raw log-normalised expression (the more robust choice over datasets in
     ``benchmarks/gene_function.py``; see the README). Each set is spread from its members by solving
-    ``(I - alpha S) F = Y`` (Zhou et al. 2004). Only genes the model reads are scored (the setup's
-    highly variable genes); the others get NaN.
+    ``(I - alpha S) F = Y`` (Zhou et al. 2004); the default ``scoring="ensemble"`` corrects that for hub
+    genes and averages two graphs (see ``scoring``). Only genes the model reads are scored (the setup's
+    highly variable genes); the others get NaN. Scores are comparable within a set, not across sets.
 
     Parameters
     ----------
@@ -348,6 +507,16 @@ def gene_function(
         Neighbours per gene in the gene graph.
     alpha
         Propagation strength in (0, 1): larger spreads further from the members.
+    remove_components
+        One gene graph per entry: built after removing this many leading principal components from the
+        correlation (see :func:`gene_correlation`); with ``scoring="ensemble"`` the graphs' scores are
+        averaged. The default ``(0, 3)`` keeps one graph as is and one without the 3 dominant axes (which in
+        cell lines follow the line, not the function).
+    scoring
+        ``"ensemble"`` (default): for each graph the propagation at ``alpha`` plus the propagation at 0.99 as
+        a z-score against random seed sets of the same size (so hub genes get no head start), then a hub
+        prior that ranks up hub genes (degree in raw co-expression and in the graph) only for sets whose
+        members are hubs. ``"propagation"``: the plain propagation at ``alpha`` on the first graph.
     case_sensitive
         Match gene names exactly; by default names are compared upper-cased (GO symbols are upper case).
     max_steps
@@ -374,7 +543,8 @@ def gene_function(
     """
     start = time.perf_counter()
     sets = _gene_sets(gene_sets)
-    _check_options(graph, n_neighbors, alpha)
+    _check_options(graph, n_neighbors, alpha, scoring)
+    components = _check_components(remove_components)
     if not isinstance(key_added, str) or not key_added:
         raise ValueError(f"key_added must be a non-empty string, got {key_added!r}")
     var_index = _match(list(adata.var_names.astype(str)), case_sensitive)
@@ -412,8 +582,8 @@ def gene_function(
             "gene_function: %d set(s) have no member in the graph and get NaN, e.g. %r", len(empty), empty[0]
         )
 
-    C = gene_correlation(adata, graph=graph, model=fitted, genes=genes, seed=seed)
-    scores = propagation_scores(C, n_neighbors=n_neighbors, alpha=alpha)(known)
+    scorer = _scorer(adata, graph, fitted, genes, seed, components, n_neighbors, alpha, scoring)
+    scores = scorer(known)
     scores[:, known.sum(0) == 0] = np.nan
 
     table = np.full((adata.n_vars, len(sets)), np.nan, dtype=np.float32)
@@ -424,6 +594,8 @@ def gene_function(
         "model": origin,
         "n_neighbors": int(n_neighbors),
         "alpha": float(alpha),
+        "remove_components": np.asarray(components, dtype=np.int64),
+        "scoring": scoring,
         "case_sensitive": bool(case_sensitive),
         "n_graph_genes": len(genes),
         "seed": int(seed),
@@ -442,6 +614,18 @@ def gene_function(
     if copy:
         return out
     return _tidy(sets, genes, scores, known > 0) if return_table else None
+
+
+def _scorer(adata, graph, model, genes, seed, components, n_neighbors, alpha, scoring):
+    """Build the gene graph(s) and the scorer; with scoring="ensemble" also the raw co-expression it needs."""
+    if scoring == "propagation":
+        components = components[:1]
+    correlations, raw = _graph_correlations(
+        adata, graph=graph, model=model, genes=genes, seed=seed, remove_components=components
+    )
+    if scoring == "ensemble" and raw is None:
+        raw = gene_correlation(adata, graph="coexpression", genes=genes, seed=seed)
+    return gene_scorer(correlations, n_neighbors=n_neighbors, alpha=alpha, scoring=scoring, coexpression=raw)
 
 
 def _tidy(sets: dict, genes: list[str], scores: np.ndarray, member: np.ndarray) -> pd.DataFrame:
@@ -471,6 +655,8 @@ def evaluate_gene_function(
     graph: str = "combined",
     n_neighbors: int = 30,
     alpha: float = 0.9,
+    remove_components: int | tuple[int, ...] = (0, 3),
+    scoring: str = "ensemble",
     case_sensitive: bool = False,
     min_size: int = 20,
     max_size: int = 1000,
@@ -489,7 +675,7 @@ def evaluate_gene_function(
         Cells × genes counts.
     gene_sets
         Dict or GMT path (e.g. GO BP).
-    model, graph, n_neighbors, alpha, case_sensitive, max_steps, seed
+    model, graph, n_neighbors, alpha, remove_components, scoring, case_sensitive, max_steps, seed
         As for :func:`gene_function`.
     min_size, max_size
         Sets are scored when this many of their genes are graph genes (EGAD: 20–1000).
@@ -518,7 +704,8 @@ def evaluate_gene_function(
 
     start = time.perf_counter()
     sets = _gene_sets(gene_sets)
-    _check_options(graph, n_neighbors, alpha)
+    _check_options(graph, n_neighbors, alpha, scoring)
+    components = _check_components(remove_components)
     fitted, origin = _resolve_model(adata, model, graph=graph, max_steps=max_steps, seed=seed)
     t_model = time.perf_counter() - start
     genes = _graph_genes(adata, fitted)
@@ -533,8 +720,7 @@ def evaluate_gene_function(
             f"no gene set has {min_size}-{max_size} members among the {len(genes)} graph genes; check the gene "
             "identifiers (symbols vs Ensembl ids) or the organism."
         )
-    C_model = gene_correlation(adata, graph=graph, model=fitted, genes=genes, seed=seed)
-    ours = propagation_scores(C_model, n_neighbors=n_neighbors, alpha=alpha)
+    ours = _scorer(adata, graph, fitted, genes, seed, components, n_neighbors, alpha, scoring)
     raw = metrics.rank_standardize(gene_correlation(adata, graph="coexpression", genes=genes, seed=seed))
     methods = {
         "biossl": ours,
@@ -600,6 +786,8 @@ def evaluate_gene_function(
             "model": origin,
             "n_neighbors": int(n_neighbors),
             "alpha": float(alpha),
+            "remove_components": list(components),
+            "scoring": scoring,
             "min_size": int(min_size),
             "max_size": int(max_size),
             "n_folds": int(n_folds),
