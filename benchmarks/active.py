@@ -2,7 +2,7 @@
 
 Protocol (per dataset in ../shared/data, seeds 0-4):
 
-* the embedding (``tl.embed``, model "auto", batch-aware when the data has batches) and the graph use no
+* the embedding (``tl.embed`` with its defaults: PCA since the second benchmark round) and the graph use no
   labels, so they are computed once per dataset;
 * round 1, both arms: 1 random label per type (``metrics.fewlabel_split(truth, 1, seed)``);
 * rounds 2 and 3, each adds ``n_types`` labels:
