@@ -320,7 +320,7 @@ def map_query(
     distance_threshold = reference.meta.get("distance_threshold")
     if distance_threshold is None:  # saved before the class-aware distance: calibrate it now
         distance_threshold = _calibrate_mapping(reference.latent, reference.held_out, reference.codes)
-    share = reference_share(idx, reference.codes, proba)
+    share = reference_share(idx, reference.codes, proba, batches=codes)
     score = np.minimum(1.0, share) * np.minimum(1.0, distance / max(float(distance_threshold), 1e-12))
     if mapping_threshold == "auto":
         mapping_threshold = AUTO_MAPPING_THRESHOLD
@@ -450,7 +450,9 @@ def _spacing_ratio(ref_latent: np.ndarray, query_latent: np.ndarray, k: int) -> 
     return expected / np.maximum(q_dist.mean(1), 1e-12)
 
 
-def reference_share(idx: np.ndarray, ref_codes: np.ndarray, proba: np.ndarray) -> np.ndarray:
+def reference_share(
+    idx: np.ndarray, ref_codes: np.ndarray, proba: np.ndarray, *, batches: np.ndarray | None = None
+) -> np.ndarray:
     """How much each query cell's neighbourhood is shared with reference cells, relative to what is typical.
 
     ``idx`` are the neighbour indices of a joint kNN graph whose first ``len(ref_codes)`` rows are the
@@ -460,9 +462,9 @@ def reference_share(idx: np.ndarray, ref_codes: np.ndarray, proba: np.ndarray) -
     query-only neighbourhoods (share near 0) even where it lies next to a related reference type. The share
     is divided by what is expected of a known type:
 
-    * the median share over query cells, so a query shifted as a whole (another technology or donor,
-      where every neighbourhood holds fewer reference cells) stays at about 1 (this assumes most query cells
-      are of known types);
+    * the median share over query cells of the same batch (``batches``: one code per query cell), so a
+      query batch shifted as a whole (another technology or donor, where every neighbourhood holds fewer
+      reference cells) stays at about 1 (this assumes most cells of each batch are of known types);
     * lowered where the query holds relatively more cells of the predicted class than the reference
       (e.g. 9 reference vs 182 query alpha cells): the class's reference share ``n_ref / (n_ref + n_query)``
       over the overall one, capped at 1 so a composition shift only ever relaxes the expectation.
@@ -480,9 +482,14 @@ def reference_share(idx: np.ndarray, ref_codes: np.ndarray, proba: np.ndarray) -
     smooth = (query[:, n_ref:] + sp.identity(n - n_ref, format="csr")).tocsr()
     smooth = sp.diags(1.0 / np.asarray(smooth.sum(1)).ravel()) @ smooth
     share = smooth @ share
-    typical = float(np.median(share)) if len(share) else 0.0
-    if typical <= 0:  # most query cells have no reference neighbour: the share cannot tell types apart
+    batches = np.zeros(len(share), dtype=np.int64) if batches is None else np.asarray(batches)
+    typical = np.zeros(len(share))
+    for b in np.unique(batches):
+        typical[batches == b] = np.median(share[batches == b])
+    if not (typical > 0).any():  # most query cells have no reference neighbour: the share cannot tell types apart
         return np.ones_like(share)
+    # a batch where most cells have no reference neighbour is judged against the most mixed batch
+    typical = np.where(typical > 0, typical, typical.max())
     labelled = ref_codes[ref_codes >= 0]
     n_ref_c = np.bincount(labelled, minlength=proba.shape[1]).astype(np.float64)
     class_share = n_ref_c / np.maximum(n_ref_c + proba.sum(0), 1e-12)
