@@ -51,8 +51,8 @@ def embed(
     model
         ``"vae"`` or ``"ae"`` to train a new count model; ``"pca"`` for PCA of log-normalised, scaled
         counts (scanpy); ``"auto"`` (default) is ``"pca"``, or ``"vae"`` when a model is to be saved or
-        returned. A saved model directory or an
-        :class:`~biossl.EmbeddingModel` reuses a trained model (genes are aligned by name; no training).
+        returned. A saved model directory or an :class:`~biossl.EmbeddingModel` reuses a trained model
+        (genes are aligned by name; no training).
         Why PCA by default: for few-label annotation it matched or beat the batch-aware VAE on every
         benchmark set, at a fiftieth of the cost — single-batch pbmc3k (the VAE blurs small types such as
         dendritic cells), pooled donors on baron_mouse (the VAE merged the 6–8-cell types), donor → donor
