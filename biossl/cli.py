@@ -178,11 +178,11 @@ def _check_io(inp: str | None, outputs: dict[str, str | None], *, force: bool) -
 
 
 def _check_model_option(model: str, save_model: str | None) -> str:
-    """Validate ``--model`` early (a kind or an existing directory); ``auto`` becomes ``vae`` when saving."""
+    """Validate ``--model`` early (a kind or an existing directory); with --save-model, ``tl.embed`` trains a VAE."""
     if model in MODEL_KINDS:
         if save_model is not None and model == "pca":
             raise CliError("--model pca has no trained model to save; drop --save-model or use --model vae.")
-        return "vae" if save_model is not None and model == "auto" else model
+        return model
     path = Path(model)
     if not path.exists():
         raise CliError(

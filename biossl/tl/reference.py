@@ -60,11 +60,6 @@ class Reference:
         keep[self.held_out] = False
         return np.flatnonzero(keep)
 
-    @property
-    def trained_latent(self) -> np.ndarray:
-        """Latent of the reference cells the model was trained on."""
-        return self.latent[self.trained_index]
-
     def __repr__(self) -> str:
         return (
             f"Reference({self.latent.shape[0]} cells, {len(self.classes)} classes, {len(self.model.genes)} genes, "
@@ -109,9 +104,9 @@ class Reference:
             raise ValueError(f"{Path(path) / REFERENCE_FILE} is damaged or not a biossl reference ({why}).") from None
         meta = dict(config["reference"])
         classes = [str(c) for c in meta.pop("classes")]
-        if latent.shape != (len(codes), model.config["n_latent"]) or codes.max(initial=-1) >= len(classes):
-            raise ValueError(f"{Path(path) / REFERENCE_FILE} does not match config.json; the reference is damaged.")
-        if held_out is not None and len(held_out) and (held_out.min() < 0 or held_out.max() >= len(codes)):
+        shape_ok = latent.shape == (len(codes), model.config["n_latent"]) and codes.max(initial=-1) < len(classes)
+        held_out_ok = held_out is None or not len(held_out) or (held_out.min() >= 0 and held_out.max() < len(codes))
+        if not (shape_ok and held_out_ok):
             raise ValueError(f"{Path(path) / REFERENCE_FILE} does not match config.json; the reference is damaged.")
         return cls(model, latent, codes, classes, meta, held_out)
 
