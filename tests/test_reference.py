@@ -14,7 +14,7 @@ from sklearn.metrics import f1_score, roc_auc_score
 import biossl
 from biossl.cli import main
 from biossl.tl.reference import AUTO_MAPPING_THRESHOLD as AUTO
-from biossl.tl.reference import mapping_score, reference_share
+from biossl.tl.reference import mapping_score, two_scale_share
 
 CELLBENCH = Path(__file__).parents[2] / "shared" / "data" / "cellbench" / "cellbench_lung_celllines.h5ad"
 STEPS = 600  # a short training budget keeps the tests fast; the benchmark uses the default
@@ -157,9 +157,10 @@ def _clusters(rng, centres, sizes, shift=0.0):
 
 
 def _share(ref, query, ref_codes, proba, k=15):
+    """The share map_query scores with (15 and 50 neighbours)."""
     joint = np.vstack([ref, query])
     idx, _ = biossl.graph.knn(joint, k)
-    return reference_share(idx, ref_codes, proba)
+    return two_scale_share(joint, idx, ref_codes, proba)
 
 
 def test_reference_share_flags_query_only_neighbourhoods_not_composition():
@@ -207,9 +208,11 @@ def test_cross_technology_mapping_cellbench():
     reference = biossl.tl.fit_reference(ref, "cell_type", batch_key="batch", max_steps=1000, progress=False)
     biossl.tl.map_query(query, reference, batch_key="batch", progress=False)
     assert query.uns["biossl"]["map_query"]["new_batches"] == ["sc_dropseq"]
-    assert macro_f1(query.obs["cell_type"], query.obs["biossl_label"]) > 0.9
-    # the whole query is shifted by technology: the reference share is measured against that, not absolutely
-    assert (query.obs["biossl_label"] == "Unknown").mean() < 0.05
+    assert macro_f1(query.obs["cell_type"], query.obs["biossl_label"]) > 0.98
+    # the whole query is shifted by technology: the reference share is measured against that, not absolutely;
+    # a state of H1975 that Drop-seq holds more of forms query-only neighbourhoods at 15 neighbours but not at
+    # 50, so it is not a novel type (3.8% of the query was Unknown with the 15-neighbour share alone; now 0)
+    assert (query.obs["biossl_label"] == "Unknown").mean() < 0.01
 
 
 def test_reference_dir_round_trip_and_damage(reference, reference_dir, tmp_path):

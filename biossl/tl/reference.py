@@ -243,7 +243,11 @@ def map_query(
         (:func:`reference_share`; a novel type forms query-only neighbourhoods even next to a related
         reference type), and how close it lies to the reference cells of its predicted class
         (:func:`mapping_score`) relative to the distance that 1% of the reference cells held out of
-        training fall below. ``"auto"`` is 0.7.
+        training fall below. The share is the geometric mean of the share among ``n_neighbors`` and
+        among 50 neighbours (:func:`two_scale_share`): a state of a known type that the query holds more
+        of than the reference (a few dozen query-only cells next to well-mixed cells of their type) is
+        not scored as a type of its own, while a novel type, query-only at both scales, is. ``"auto"`` is
+        0.75.
     fine_tune_steps
         Training steps for new batch columns (0 embeds new batches as the average of known ones).
     min_overlap
@@ -315,8 +319,8 @@ def map_query(
     distance_threshold = reference.meta.get("distance_threshold")
     if distance_threshold is None:  # saved before the class-aware distance: calibrate it now
         distance_threshold = _calibrate_mapping(reference.latent, reference.held_out, reference.codes)
-    share = reference_share(idx, reference.codes, proba, batches=codes)
-    score = np.minimum(1.0, share) * np.minimum(1.0, distance / max(float(distance_threshold), 1e-12))
+    share = two_scale_share(joint, idx, reference.codes, proba, batches=codes, seed=seed)
+    score = share * np.minimum(1.0, distance / max(float(distance_threshold), 1e-12))
     if mapping_threshold == "auto":
         mapping_threshold = AUTO_MAPPING_THRESHOLD
 
@@ -345,6 +349,7 @@ def map_query(
             "alpha": alpha,
             "mapping_threshold": mapping_threshold,
             "distance_threshold": float(distance_threshold),
+            "wide_share_neighbors": int(min(WIDE_SHARE_NEIGHBORS, joint.shape[0] - 1)),
             "unknown_threshold": unknown_threshold,
             "key_added": key_added,
             "n_unknown": int(unknown.sum()),
@@ -375,7 +380,10 @@ def _query_batches(model: EmbeddingModel, batch: pd.Series | None, n: int) -> tu
     return np.array([lookup[b] for b in values], dtype=np.int64), new
 
 
-AUTO_MAPPING_THRESHOLD = 0.7  # of the combined score; chosen on benchmarks/reference_mapping.py (novel + cross)
+# of the combined score with the two-scale share (0.7 with the 15-neighbour share alone); chosen on
+# benchmarks/reference_mapping.py (novel + cross)
+AUTO_MAPPING_THRESHOLD = 0.75
+WIDE_SHARE_NEIGHBORS = 50  # the wider neighbourhood whose reference share steadies the local one
 MAPPING_NEIGHBORS = 50  # reference cells of the predicted class a query cell is compared with (at most)
 DEFAULT_MAPPING_THRESHOLD = 0.5  # distance threshold of references too small to hold cells out of training
 MAPPING_QUANTILE = 0.01  # share of unseen cells of known types below the distance threshold
@@ -494,3 +502,29 @@ def reference_share(
     composition[reached] = np.minimum(1.0, (proba[reached] @ class_share) / overall)
     composition = np.maximum(smooth @ composition, 1e-3)
     return share / (typical * composition)
+
+
+def two_scale_share(
+    joint: np.ndarray,
+    idx: np.ndarray,
+    ref_codes: np.ndarray,
+    proba: np.ndarray,
+    *,
+    batches: np.ndarray | None = None,
+    seed: int = 0,
+) -> np.ndarray:
+    """:func:`reference_share` (capped at 1) at the graph's ``idx`` and at ``WIDE_SHARE_NEIGHBORS``, geometric mean.
+
+    ``joint`` holds the reference rows first, then the query rows; ``idx`` is its kNN graph. At 15 neighbours
+    the share singles out a novel type next to a related reference type but is noisy, and a state of a known
+    type that the query holds more of than the reference (a few dozen cells) looks query-only too; over 50
+    neighbours such a state reaches the reference cells of its type while a novel type of its own stays
+    query-only. The geometric mean keeps a cell low only where its neighbourhood is query-only at both scales
+    (or nearly empty of reference cells at the local one).
+    """
+    share = np.minimum(1.0, reference_share(idx, ref_codes, proba, batches=batches))
+    wide_k = int(min(WIDE_SHARE_NEIGHBORS, joint.shape[0] - 1))
+    if wide_k <= idx.shape[1]:
+        return share
+    wide_idx, _ = graph.knn(joint, wide_k, seed=seed)
+    return np.sqrt(share * np.minimum(1.0, reference_share(wide_idx, ref_codes, proba, batches=batches)))
