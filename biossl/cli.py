@@ -449,12 +449,18 @@ def _exit_on_sigterm() -> None:
     type=click.Path(file_okay=False),
     help="Annotate IN from a reference saved by `biossl fit-reference` instead of from labels in IN.",
 )
+@click.option(
+    "--mapping-threshold",
+    type=click.FloatRange(min=0.0),
+    help="With --reference: call cells 'Unknown' whose mapping score (0-1) is below this [default: 0.75]; "
+    "higher flags more cells of types the reference lacks, and more known cells with them.",
+)
 @_model_options()
 @_common
 @_guarded
 def annotate(
     input_path, output, force, labels_key, unlabeled_category, unknown_threshold, n_neighbors, reuse_embedding,
-    reference, model, batch_key, layer, n_latent, max_steps, seed, device, threads, save_model,
+    reference, mapping_threshold, model, batch_key, layer, n_latent, max_steps, seed, device, threads, save_model,
 ) -> None:  # fmt: skip
     """Annotate every cell of IN.h5ad from a few labelled ones (or a reference); write OUT.h5ad.
 
@@ -480,10 +486,12 @@ def annotate(
         _check_threshold(unknown_threshold)
         _annotate_with_reference(
             input_path, output, reference, batch_key=batch_key, unknown_threshold=unknown_threshold,
-            n_neighbors=n_neighbors, max_steps=max_steps, seed=seed, device=device, threads=threads, force=force,
-            start=start,
+            mapping_threshold=mapping_threshold, n_neighbors=n_neighbors, max_steps=max_steps, seed=seed,
+            device=device, threads=threads, force=force, start=start,
         )  # fmt: skip
         return
+    if mapping_threshold is not None:
+        raise click.UsageError("--mapping-threshold applies to --reference REFDIR only.")
     if labels_key is None:
         raise click.UsageError("Missing option '--labels-key' (or give --reference REFDIR).")
     if reuse_embedding and (model != "auto" or save_model is not None):
@@ -521,8 +529,8 @@ def annotate(
 
 
 def _annotate_with_reference(
-    input_path, output, reference, *, batch_key, unknown_threshold, n_neighbors, max_steps, seed, device, threads,
-    force, start,
+    input_path, output, reference, *, batch_key, unknown_threshold, mapping_threshold, n_neighbors, max_steps, seed,
+    device, threads, force, start,
 ) -> None:  # fmt: skip
     """``biossl annotate --reference``: map IN onto a saved reference and write OUT."""
     if not (Path(reference) / "config.json").is_file():
@@ -534,6 +542,8 @@ def _annotate_with_reference(
         ref = biossl.Reference.load(reference, device=device)
         adata = _read(input_path)
         kwargs = {} if max_steps is None else {"fine_tune_steps": max_steps}
+        if mapping_threshold is not None:
+            kwargs["mapping_threshold"] = mapping_threshold
         biossl.tl.map_query(
             adata, ref, batch_key=batch_key, n_neighbors=n_neighbors, unknown_threshold=unknown_threshold,
             seed=seed, device=device, progress=None, **kwargs,

@@ -253,6 +253,26 @@ def test_cli_fit_reference_and_annotate_with_it(halves, tmp_path):
     assert "mapped 300 cells" in res.output
     annotated = ad.read_h5ad(out)
     assert "biossl_mapping_score" in annotated.obs
+    score = annotated.obs["biossl_mapping_score"].to_numpy()
+    assert annotated.uns["biossl"]["map_query"]["mapping_threshold"] == AUTO
+    # --mapping-threshold moves the Unknown call: above every score, every cell is Unknown; at 0, none is
+    for threshold, expect_unknown in ((float(score.max()) + 0.01, True), (0.0, False)):
+        path = tmp_path / f"out_{threshold:.2f}.h5ad"
+        res = runner.invoke(
+            main, ["annotate", str(query_path), "--reference", str(refdir), "-o", str(path),
+                   "--mapping-threshold", str(threshold)]
+        )  # fmt: skip
+        assert res.exit_code == 0, res.output
+        labels = ad.read_h5ad(path).obs["biossl_label"].astype(str)
+        assert (labels == "Unknown").all() if expect_unknown else (labels != "Unknown").all()
+    res = runner.invoke(main, ["annotate", str(query_path), "--labels-key", "cell_type", "-o", str(tmp_path / "y.h5ad"),
+                               "--mapping-threshold", "0.5"])  # fmt: skip
+    assert res.exit_code == 2 and "--reference REFDIR only" in res.output
+    res = runner.invoke(main, ["annotate", str(query_path), "--reference", str(refdir), "-o", str(tmp_path / "z.h5ad"),
+                               "--mapping-threshold", "-1"])  # fmt: skip
+    assert res.exit_code == 2 and not (tmp_path / "z.h5ad").exists()
+    help_text = " ".join(runner.invoke(main, ["annotate", "--help"]).output.split())
+    assert f"[default: {AUTO:g}]" in help_text  # the help states map_query's real default
     # a second fit to the same directory needs --force; --reference with --labels-key is a usage error
     res = runner.invoke(main, ["fit-reference", str(ref_path), "--labels-key", "cell_type", "-o", str(refdir)])
     assert res.exit_code == 1 and "already exists" in res.output
