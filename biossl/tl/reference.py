@@ -247,7 +247,11 @@ def map_query(
         among 50 neighbours (:func:`two_scale_share`): a state of a known type that the query holds more
         of than the reference (a few dozen query-only cells next to well-mixed cells of their type) is
         not scored as a type of its own, while a novel type, query-only at both scales, is. ``"auto"`` is
-        0.75.
+        0.75. Limits (``benchmarks/reference_mapping.py``): a known type far more abundant in the query
+        than in the reference still scores low (half of the ductal cells of one baron_mouse donor, 39
+        reference vs 236 query cells), and so does a query-only group with no reference cell among its
+        ``n_neighbors``. Lower the threshold when a known type is called Unknown in bulk (the top class of
+        ``obsm["{key_added}_proba"]`` still names it); a higher one flags more novel cells.
     fine_tune_steps
         Training steps for new batch columns (0 embeds new batches as the average of known ones).
     min_overlap
