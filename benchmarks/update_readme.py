@@ -19,6 +19,10 @@ PATTERN = re.compile(r"(<!-- begin (results/[\w.-]+\.md) -->\n)(.*?)(<!-- end \2
 def main(names: list[str]) -> None:
     readme = ROOT / "README.md"
     text = readme.read_text()
+    found = [Path(m[1]).stem for m in PATTERN.findall(text)]
+    unknown = sorted(set(names) - set(found))
+    if unknown:
+        raise SystemExit(f"README.md has no table named {', '.join(unknown)}; its tables: {', '.join(found)}.")
 
     def fill(match: re.Match) -> str:
         if names and Path(match.group(2)).stem not in names:
@@ -32,7 +36,6 @@ def main(names: list[str]) -> None:
     tmp = readme.with_suffix(".md.tmp")
     tmp.write_text(new)
     tmp.replace(readme)
-    found = [Path(m[1]).stem for m in PATTERN.findall(text)]
     print(f"updated {len([n for n in found if not names or n in names])} of {len(found)} tables in {readme}")
 
 
