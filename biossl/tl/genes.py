@@ -173,13 +173,12 @@ def gene_correlation(
         raise ValueError(f"graph={graph!r} needs a trained model; pass model= or use graph='coexpression'.")
     _check_components((remove_components,))
     genes = _graph_genes(adata, model) if genes is None else list(genes)
-    if graph == "combined":
-        kwargs = {"genes": genes, "max_cells": max_cells, "seed": seed, "remove_components": remove_components}
-        denoised = gene_correlation(adata, graph="denoised", model=model, **kwargs)
-        return (denoised + gene_correlation(adata, graph="coexpression", **kwargs)) / 2
-    if remove_components:
-        C = gene_correlation(adata, graph=graph, model=model, genes=genes, max_cells=max_cells, seed=seed)
-        return _remove_components(C, remove_components)
+    if remove_components or graph == "combined":
+        correlations, _ = _graph_correlations(
+            adata, graph=graph, model=model, genes=genes, max_cells=max_cells, seed=seed,
+            remove_components=(remove_components,),
+        )  # fmt: skip
+        return correlations[0]
     if graph == "loadings":
         pos = {g: i for i, g in enumerate(model.genes)}
         return _corr(model.gene_loadings()[[pos[g] for g in genes]].T)
@@ -225,17 +224,21 @@ def _remove_components(C: np.ndarray, r: int) -> np.ndarray:
     return R
 
 
-def _graph_correlations(adata, *, graph, model, genes, seed, remove_components) -> tuple[list, np.ndarray | None]:
+def _graph_correlations(
+    adata, *, graph, model, genes, seed, remove_components, max_cells: int = 20_000
+) -> tuple[list, np.ndarray | None]:
     """One correlation per entry of ``remove_components`` (the base correlations computed once).
 
+    ``"combined"`` removes the components from the denoised and the raw correlation, then averages them.
     Also returns the raw co-expression correlation when it was computed on the way (``graph="combined"`` or
     ``"coexpression"``), else None.
     """
+    kwargs = {"genes": genes, "max_cells": max_cells, "seed": seed}
     if graph == "combined":
-        den = gene_correlation(adata, graph="denoised", model=model, genes=genes, seed=seed)
-        raw = gene_correlation(adata, graph="coexpression", genes=genes, seed=seed)
+        den = gene_correlation(adata, graph="denoised", model=model, **kwargs)
+        raw = gene_correlation(adata, graph="coexpression", **kwargs)
         return [(_remove_components(den, r) + _remove_components(raw, r)) / 2 for r in remove_components], raw
-    C = gene_correlation(adata, graph=graph, model=model, genes=genes, seed=seed)
+    C = gene_correlation(adata, graph=graph, model=model, **kwargs)
     return [_remove_components(C, r) for r in remove_components], C if graph == "coexpression" else None
 
 
@@ -582,7 +585,7 @@ def gene_function(
             "gene_function: %d set(s) have no member in the graph and get NaN, e.g. %r", len(empty), empty[0]
         )
 
-    scorer = _scorer(adata, graph, fitted, genes, seed, components, n_neighbors, alpha, scoring)
+    scorer, _ = _scorer(adata, graph, fitted, genes, seed, components, n_neighbors, alpha, scoring)
     scores = scorer(known)
     scores[:, known.sum(0) == 0] = np.nan
 
@@ -616,16 +619,21 @@ def gene_function(
     return _tidy(sets, genes, scores, known > 0) if return_table else None
 
 
-def _scorer(adata, graph, model, genes, seed, components, n_neighbors, alpha, scoring):
-    """Build the gene graph(s) and the scorer; with scoring="ensemble" also the raw co-expression it needs."""
+def _scorer(adata, graph, model, genes, seed, components, n_neighbors, alpha, scoring, *, need_raw: bool = False):
+    """Build the gene graph(s) and the scorer, and return it with the raw co-expression correlation.
+
+    The raw correlation is computed when the graph holds it anyway, when ``scoring="ensemble"`` needs it (hub
+    prior) or when ``need_raw`` (the evaluation's baselines); else it is None.
+    """
     if scoring == "propagation":
         components = components[:1]
     correlations, raw = _graph_correlations(
         adata, graph=graph, model=model, genes=genes, seed=seed, remove_components=components
     )
-    if scoring == "ensemble" and raw is None:
+    if raw is None and (scoring == "ensemble" or need_raw):
         raw = gene_correlation(adata, graph="coexpression", genes=genes, seed=seed)
-    return gene_scorer(correlations, n_neighbors=n_neighbors, alpha=alpha, scoring=scoring, coexpression=raw)
+    hub = raw if scoring == "ensemble" else None
+    return gene_scorer(correlations, n_neighbors=n_neighbors, alpha=alpha, scoring=scoring, coexpression=hub), raw
 
 
 def _tidy(sets: dict, genes: list[str], scores: np.ndarray, member: np.ndarray) -> pd.DataFrame:
@@ -720,8 +728,8 @@ def evaluate_gene_function(
             f"no gene set has {min_size}-{max_size} members among the {len(genes)} graph genes; check the gene "
             "identifiers (symbols vs Ensembl ids) or the organism."
         )
-    ours = _scorer(adata, graph, fitted, genes, seed, components, n_neighbors, alpha, scoring)
-    raw = metrics.rank_standardize(gene_correlation(adata, graph="coexpression", genes=genes, seed=seed))
+    ours, raw = _scorer(adata, graph, fitted, genes, seed, components, n_neighbors, alpha, scoring, need_raw=True)
+    raw = metrics.rank_standardize(raw)
     methods = {
         "biossl": ours,
         "neighbor_voting": lambda y: metrics.neighbor_voting(raw, y),
