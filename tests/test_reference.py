@@ -14,6 +14,7 @@ from sklearn.metrics import f1_score, roc_auc_score
 import biossl
 from biossl.cli import main
 from biossl.tl.reference import AUTO_MAPPING_THRESHOLD as AUTO
+from biossl.tl.reference import WIDE_SHARE_NEIGHBORS as WIDE
 from biossl.tl.reference import mapping_score, two_scale_share
 
 CELLBENCH = Path(__file__).parents[2] / "shared" / "data" / "cellbench" / "cellbench_lung_celllines.h5ad"
@@ -159,8 +160,8 @@ def _clusters(rng, centres, sizes, shift=0.0):
 def _share(ref, query, ref_codes, proba, k=15):
     """The share map_query scores with (15 and 50 neighbours)."""
     joint = np.vstack([ref, query])
-    idx, _ = biossl.graph.knn(joint, k)
-    return two_scale_share(joint, idx, ref_codes, proba)
+    idx, _ = biossl.graph.knn(joint, max(k, min(WIDE, len(joint) - 1)))
+    return two_scale_share(idx, k, ref_codes, proba)
 
 
 def test_reference_share_flags_query_only_neighbourhoods_not_composition():

@@ -310,7 +310,9 @@ def map_query(
     n_ref = reference.latent.shape[0]
     joint = np.vstack([reference.latent, latent])
     k = int(min(n_neighbors, joint.shape[0] - 1))
-    idx, dist = graph.knn(joint, k, seed=seed)
+    wide_k = int(min(WIDE_SHARE_NEIGHBORS, joint.shape[0] - 1))
+    wide_idx, wide_dist = graph.knn(joint, max(k, wide_k), seed=seed)  # one search serves both scales
+    idx, dist = wide_idx[:, :k], wide_dist[:, :k]
     W = graph.gaussian_affinity(idx, dist)
     seeds = np.concatenate([reference.codes, np.full(adata.n_obs, -1)])
     proba, _, _ = propagate_labels(W, seeds, len(reference.classes), alpha=alpha)
@@ -323,7 +325,7 @@ def map_query(
     distance_threshold = reference.meta.get("distance_threshold")
     if distance_threshold is None:  # saved before the class-aware distance: calibrate it now
         distance_threshold = _calibrate_mapping(reference.latent, reference.held_out, reference.codes)
-    share = two_scale_share(joint, idx, reference.codes, proba, batches=codes, seed=seed)
+    share = two_scale_share(wide_idx, k, reference.codes, proba, batches=codes)
     score = share * np.minimum(1.0, distance / max(float(distance_threshold), 1e-12))
     if mapping_threshold == "auto":
         mapping_threshold = AUTO_MAPPING_THRESHOLD
@@ -353,7 +355,7 @@ def map_query(
             "alpha": alpha,
             "mapping_threshold": mapping_threshold,
             "distance_threshold": float(distance_threshold),
-            "wide_share_neighbors": int(min(WIDE_SHARE_NEIGHBORS, joint.shape[0] - 1)),
+            "wide_share_neighbors": wide_k,
             "unknown_threshold": unknown_threshold,
             "key_added": key_added,
             "n_unknown": int(unknown.sum()),
@@ -509,26 +511,24 @@ def reference_share(
 
 
 def two_scale_share(
-    joint: np.ndarray,
     idx: np.ndarray,
+    n_neighbors: int,
     ref_codes: np.ndarray,
     proba: np.ndarray,
     *,
     batches: np.ndarray | None = None,
-    seed: int = 0,
 ) -> np.ndarray:
-    """:func:`reference_share` (capped at 1) at the graph's ``idx`` and at ``WIDE_SHARE_NEIGHBORS``, geometric mean.
+    """Geometric mean of :func:`reference_share` (capped at 1) over the first ``n_neighbors`` and all of ``idx``.
 
-    ``joint`` holds the reference rows first, then the query rows; ``idx`` is its kNN graph. At 15 neighbours
-    the share singles out a novel type next to a related reference type but is noisy, and a state of a known
-    type that the query holds more of than the reference (a few dozen cells) looks query-only too; over 50
-    neighbours such a state reaches the reference cells of its type while a novel type of its own stays
-    query-only. The geometric mean keeps a cell low only where its neighbourhood is query-only at both scales
-    (or nearly empty of reference cells at the local one).
+    ``idx`` are the neighbour indices (nearest first) of a joint kNN graph, reference rows first, with
+    ``WIDE_SHARE_NEIGHBORS`` columns (or ``n_neighbors`` if more). At 15 neighbours the share singles out a
+    novel type next to a related reference type but is noisy, and a state of a known type that the query
+    holds more of than the reference (a few dozen cells) looks query-only too; over 50 neighbours such a
+    state reaches the reference cells of its type while a novel type of its own stays query-only. The
+    geometric mean keeps a cell low only where its neighbourhood is query-only at both scales (or nearly
+    empty of reference cells at the local one).
     """
-    share = np.minimum(1.0, reference_share(idx, ref_codes, proba, batches=batches))
-    wide_k = int(min(WIDE_SHARE_NEIGHBORS, joint.shape[0] - 1))
-    if wide_k <= idx.shape[1]:
+    share = np.minimum(1.0, reference_share(idx[:, :n_neighbors], ref_codes, proba, batches=batches))
+    if idx.shape[1] <= n_neighbors:
         return share
-    wide_idx, _ = graph.knn(joint, wide_k, seed=seed)
-    return np.sqrt(share * np.minimum(1.0, reference_share(wide_idx, ref_codes, proba, batches=batches)))
+    return np.sqrt(share * np.minimum(1.0, reference_share(idx, ref_codes, proba, batches=batches)))
