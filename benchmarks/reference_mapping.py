@@ -113,9 +113,14 @@ def save(results: dict) -> None:
     write_markdown(results)
 
 
+def _cache_dir(cache: Path | None, key: str) -> Path | None:
+    """Where the reference of setting ``key`` is kept in ``cache`` (None: no cache)."""
+    return None if cache is None else cache / key.replace("/", "__").replace(" ", "_")
+
+
 def get_reference(cache: Path | None, key: str, adata: ad.AnnData, **kwargs) -> tuple[biossl.Reference, float]:
     """Fit a reference (all defaults but ``kwargs``), or load it with its fit time from ``cache``."""
-    path = None if cache is None else cache / key.replace("/", "__").replace(" ", "_")
+    path = _cache_dir(cache, key)
     if path is not None and (path / "fit_s.txt").exists():
         return biossl.Reference.load(path), float((path / "fit_s.txt").read_text())
     t0 = time.perf_counter()
@@ -130,7 +135,7 @@ def get_reference(cache: Path | None, key: str, adata: ad.AnnData, **kwargs) -> 
 def keep_query(cache: Path | None, key: str, query: ad.AnnData) -> None:
     """Keep the mapped query's latent next to its cached reference (to study the mapping score offline)."""
     if cache is not None:
-        np.save(cache / key.replace("/", "__").replace(" ", "_") / "query_latent.npy", query.obsm["X_biossl"])
+        np.save(_cache_dir(cache, key) / "query_latent.npy", query.obsm["X_biossl"])
 
 
 def run_cross(results: dict, datasets: list[str], cache: Path | None = None) -> None:
