@@ -121,9 +121,9 @@ def ablation(adata, model, sets, seed: int = 0) -> dict:
 
     record("one graph + hub prior", G._GeneScorer([W0], 0.9, [raw_degree, own(W0)]))
     record("graph without 3 components only + hub prior", G._GeneScorer([W3], 0.9, [raw_degree, own(W3)]))
-    record(
+    record(  # the scorer gene_function builds, so this row cannot drift from the default
         "new default: both graphs + null-standardised + hub prior (scoring='ensemble')",
-        G._GeneScorer([W0, W3], 0.9, [raw_degree, own((W0 + W3) / 2)]),
+        G.gene_scorer([corr["combined"], without3], n_neighbors=30, alpha=0.9, coexpression=corr["coexpression"]),
     )
     den = metrics.rank_standardize(corr["denoised"])
     record("neighbour voting on the denoised network", lambda y: metrics.neighbor_voting(den, y))
