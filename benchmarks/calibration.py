@@ -32,8 +32,8 @@ from active import DATASETS, load_embedded  # noqa: E402
 def _annotate_isotonic(adata, key: str) -> None:
     """``tl.annotate(calibrate=False)`` followed by the isotonic calibration of biossl.tl.calibrate."""
     import biossl
-    from biossl.tl.annotate import _graph_representation, connectivities, split_labels
-    from biossl.tl.calibrate import annotation_predictor, calibrate_annotation
+    from biossl.tl.annotate import _graph_representation, annotation_predictor, connectivities, split_labels
+    from biossl.tl.calibrate import calibrate_annotation
 
     biossl.tl.annotate(adata, key, unlabeled_category=None, calibrate=False)
     codes, classes = split_labels(adata, key, None)

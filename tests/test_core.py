@@ -336,3 +336,36 @@ def test_class_prior_must_be_known(pbmc_embedded):
     with pytest.raises(ValueError, match="class_prior must be one of"):
         biossl.tl.annotate(pbmc_embedded, "labels", class_prior="equal")
     assert list(pbmc_embedded.obs.columns) == list(before.obs.columns)
+
+
+def test_block_conjugate_gradients_match_scipy_per_column(pbmc_embedded):
+    from scipy.sparse.linalg import cg
+
+    from biossl import graph
+    from biossl.tl.annotate import class_balanced_seeds, split_labels
+
+    codes, classes = split_labels(pbmc_embedded, "labels", "Unknown")
+    A = graph.spreading_operator(pbmc_embedded.obsp["biossl_connectivities"], 0.9)
+    Y = class_balanced_seeds(codes, len(classes))
+    Y[:, 0] = 0.0  # a class with no seed is solved by zeros
+    F, failed = graph.conjugate_gradients(A, Y, tol=1e-8)
+    assert not failed.any()
+    assert (F[:, 0] == 0).all()
+    for c in range(1, Y.shape[1]):
+        expected, info = cg(A, Y[:, c], rtol=1e-8, atol=0.0)
+        assert info == 0
+        np.testing.assert_allclose(F[:, c], expected, rtol=0, atol=1e-9 * np.abs(expected).max())
+    # too few iterations: every column with seeds is reported, none silently taken as converged
+    _, failed = graph.conjugate_gradients(A, Y, tol=1e-12, max_iter=2)
+    assert failed.tolist() == [False] + [True] * (Y.shape[1] - 1)
+
+
+def test_calibration_folds_keep_the_labels_of_a_fresh_annotation(pbmc_embedded):
+    # the predictor reuses its spreading operator and warm-starts self-training across calibration folds;
+    # labels come from the first, cold fit, so they match an uncalibrated run exactly
+    calibrated = pbmc_embedded.copy()
+    biossl.tl.annotate(calibrated, "labels")
+    biossl.tl.annotate(pbmc_embedded, "labels", calibrate=False)
+    assert calibrated.uns["biossl"]["annotate"]["calibration"]["method"] == "temperature"
+    assert (calibrated.obs["biossl_label"] == pbmc_embedded.obs["biossl_label"]).all()
+    assert not np.allclose(calibrated.obs["biossl_confidence"], pbmc_embedded.obs["biossl_confidence"])

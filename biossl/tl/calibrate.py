@@ -195,21 +195,6 @@ def calibrate_annotation(
     return out, info
 
 
-def annotation_predictor(
-    W: sp.csr_matrix, n_classes: int, *, alpha: float, rep: np.ndarray | None, class_prior: str = "uniform"
-) -> Callable[[np.ndarray], np.ndarray]:
-    """The probabilities ``tl.annotate`` computes (propagation, then self-training when ``rep`` is given)."""
-    from .annotate import _normalise_rows, propagate_labels, self_train
-
-    def predict(codes: np.ndarray) -> np.ndarray:
-        proba = propagate_labels(W, codes, n_classes, alpha=alpha, class_prior=class_prior)[0]
-        if rep is not None:
-            proba = _normalise_rows(self_train(rep, codes, proba))[0]
-        return proba
-
-    return predict
-
-
 def _rank01(x: np.ndarray) -> np.ndarray:
     """Ranks scaled to (0, 1] (ties share the average rank)."""
     from scipy.stats import rankdata
