@@ -36,9 +36,9 @@ from runners import METHODS  # noqa: E402
 RUNS = HERE.parent / "results" / "anchors" / "runs"
 
 
-def run_path(dataset: str, method: str, split: str, seed: int | None, ref_query: bool) -> Path:
+def run_path(dataset: str, method: str, split: str, seed: int | None, ref_query: bool, runs: Path = RUNS) -> Path:
     name = f"{split}_s{seed}" if ref_query else split
-    return RUNS / dataset / method / f"{name}.json"
+    return runs / dataset / method / f"{name}.json"
 
 
 def _versions() -> dict:
@@ -51,7 +51,7 @@ def _versions() -> dict:
     return out
 
 
-def run_dataset(method_name: str, dataset: str, seeds, ks, ref_query: bool, force: bool) -> int:
+def run_dataset(method_name: str, dataset: str, seeds, ks, ref_query: bool, force: bool, runs: Path = RUNS) -> int:
     method = METHODS[method_name]()
     adata = splitlib.load_dataset(dataset)
     splits = splitlib.load_splits(dataset, adata)
@@ -66,7 +66,7 @@ def run_dataset(method_name: str, dataset: str, seeds, ks, ref_query: bool, forc
         if ref_query:
             for split, pos, _, _ in splitlib.iter_splits(splits, ks=(), seeds=(), ref_query=True):
                 todo.append((split, pos, None, True))
-        todo = [t for t in todo if force or not run_path(dataset, method_name, t[0], seed, t[3]).exists()]
+        todo = [t for t in todo if force or not run_path(dataset, method_name, t[0], seed, t[3], runs).exists()]
         if not todo:
             continue
         with measure() as prep_m:
@@ -105,7 +105,7 @@ def run_dataset(method_name: str, dataset: str, seeds, ks, ref_query: bool, forc
                 record["e2e_wall_s"] = round(prep_m["wall_s"] + run_m["wall_s"], 3)
                 record["e2e_cpu_s"] = round(prep_m["cpu_s"] + run_m["cpu_s"], 3)
                 record["peak_rss_mb"] = max(prep_m["peak_rss_mb"], run_m["peak_rss_mb"])
-            splitlib.write_json_atomic(record, run_path(dataset, method_name, split, seed, is_rq))
+            splitlib.write_json_atomic(record, run_path(dataset, method_name, split, seed, is_rq, runs))
             n_done += 1
             msg = record.get("error") or f"macro-F1 {record['macro_f1']:.3f}"
             print(f"[{method_name}] {dataset} {split} s{seed}: {msg} ({run_m.get('cpu_s', 0):.1f} cpu-s)", flush=True)
@@ -121,6 +121,7 @@ def main(argv=None) -> int:
     p.add_argument("--ks", type=int, nargs="+", default=list(splitlib.KS))
     p.add_argument("--no-ref-query", action="store_true", help="skip the reference → query splits")
     p.add_argument("--force", action="store_true", help="rerun splits that already have a result")
+    p.add_argument("--runs-dir", type=Path, default=RUNS, help="where to write (default: the results the report reads)")
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore")
     logging.getLogger("scvi").setLevel(logging.WARNING)
@@ -135,8 +136,10 @@ def main(argv=None) -> int:
     total = 0
     for seed in args.seeds:  # seed-major across datasets: partial runs cover every dataset
         for dataset in args.datasets:
-            total += run_dataset(args.method, dataset, [seed], args.ks, not args.no_ref_query, args.force)
-    print(f"[{args.method}] {total} runs written to {RUNS.relative_to(HERE.parent.parent)}", flush=True)
+            total += run_dataset(
+                args.method, dataset, [seed], args.ks, not args.no_ref_query, args.force, args.runs_dir
+            )
+    print(f"[{args.method}] {total} runs written to {args.runs_dir}", flush=True)
     return 0
 
 
