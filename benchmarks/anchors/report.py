@@ -171,8 +171,8 @@ def markdown(agg: dict, methods, anchors, title: str, biossl: str = "biossl") ->
     return "\n".join(lines) + "\n"
 
 
-def time_table(agg: dict, methods, k: int = 5) -> str:
-    """Median end-to-end CPU and wall seconds and peak RSS at ``k`` labels per type."""
+def time_table(agg: dict, methods, k: int = 5, ratio_to=("scanvi", "celltypist")) -> str:
+    """Median end-to-end CPU and wall seconds and peak RSS at ``k`` labels per type, and biossl's CPU ratios."""
     lines = [
         "",
         f"### End-to-end time and memory (k = {k}; median over seeds)",
@@ -182,8 +182,12 @@ def time_table(agg: dict, methods, k: int = 5) -> str:
         "fine-tuning / training + prediction). One thread per process (OMP/torch), so CPU seconds are the "
         "fair comparison; wall seconds include waiting for the 2 cores shared with other jobs.",
         "",
-        "| dataset | " + " | ".join(f"{LABELS.get(m, m)}" for m in methods) + " |",
-        "|---" * (len(methods) + 1) + "|",
+        "| dataset | "
+        + " | ".join(f"{LABELS.get(m, m)}" for m in methods)
+        + " | "
+        + " | ".join(f"biossl ÷ {LABELS.get(m, m)} (CPU)" for m in ratio_to)
+        + " |",
+        "|---" * (len(methods) + len(ratio_to) + 1) + "|",
     ]
     for dataset in splitlib.DATASETS:
         if dataset not in agg or k not in agg[dataset]:
@@ -193,9 +197,17 @@ def time_table(agg: dict, methods, k: int = 5) -> str:
         for m in methods:
             s = cells.get(m)
             if s and "mean" in s:
-                row.append(f"{s['e2e_cpu_s']:.1f} cpu-s / {s['e2e_wall_s']:.0f} s / {s['peak_rss_mb']:.0f} MB")
+                cpu = s["e2e_cpu_s"]
+                cpu_txt = f"{cpu:.2f}" if cpu < 10 else f"{cpu:.1f}"
+                row.append(f"{cpu_txt} cpu-s / {s['e2e_wall_s']:.0f} s / {s['peak_rss_mb']:.0f} MB")
             else:
                 row.append("—")
+        ours = cells.get("biossl", {})
+        for m in ratio_to:
+            other = cells.get(m, {})
+            ok = "e2e_cpu_s" in ours and other.get("e2e_cpu_s")
+            ratio = ours["e2e_cpu_s"] / other["e2e_cpu_s"] if ok else None
+            row.append("—" if ratio is None else f"{ratio:.3f}×" if ratio < 0.1 else f"{ratio:.2f}×")
         lines.append(f"| {dataset} | " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
