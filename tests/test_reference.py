@@ -15,7 +15,7 @@ import biossl
 from biossl.cli import main
 from biossl.tl.reference import AUTO_MAPPING_THRESHOLD as AUTO
 from biossl.tl.reference import WIDE_SHARE_NEIGHBORS as WIDE
-from biossl.tl.reference import mapping_score, two_scale_share
+from biossl.tl.reference import mapping_score, reference_share, two_scale_share
 
 CELLBENCH = Path(__file__).parents[2] / "shared" / "data" / "cellbench" / "cellbench_lung_celllines.h5ad"
 STEPS = 600  # a short training budget keeps the tests fast; the benchmark uses the default
@@ -216,7 +216,7 @@ def test_cross_technology_mapping_cellbench():
     assert (query.obs["biossl_label"] == "Unknown").mean() < 0.01
 
 
-def test_poorly_mixed_batch_is_scored_by_the_wide_share():
+def test_poorly_mixed_batch_weighs_the_local_share_less():
     # batch 0: every query cell's 15 nearest cells are query cells (a technology the model did not align),
     # batch 1: well mixed. Batch 1 weighs the local share and the 50-neighbour share equally, batch 0 gives the
     # local one a weight of 0.1.
@@ -233,8 +233,6 @@ def test_poorly_mixed_batch_is_scored_by_the_wide_share():
         others = np.setdiff1d(np.arange(n_ref, n_ref + n_query), [i])
         idx[i, :k] = rng.choice(others, k, replace=False)
     share = two_scale_share(idx, k, ref_codes, proba, batches=batches)
-    from biossl.tl.reference import reference_share
-
     local = np.minimum(1.0, reference_share(idx[:, :k], ref_codes, proba, batches=batches))
     wide_share = np.minimum(1.0, reference_share(idx, ref_codes, proba, batches=batches))
     assert np.median((idx[query_rows, :k] < n_ref).sum(1)) == 0

@@ -499,10 +499,7 @@ def reference_share(
     smooth = (query[:, n_ref:] + sp.identity(n - n_ref, format="csr")).tocsr()
     smooth = sp.diags(1.0 / np.asarray(smooth.sum(1)).ravel()) @ smooth
     share = smooth @ share
-    batches = np.zeros(len(share), dtype=np.int64) if batches is None else np.asarray(batches)
-    typical = np.zeros(len(share))
-    for b in np.unique(batches):
-        typical[batches == b] = np.median(share[batches == b])
+    typical = _batch_median(share, batches)
     if not (typical > 0).any():  # most query cells have no reference neighbour: the share cannot tell types apart
         return np.ones_like(share)
     # a batch where most cells have no reference neighbour is judged against the most mixed batch
@@ -550,10 +547,16 @@ def two_scale_share(
     share = np.sqrt(local * wide)
     n_ref = len(ref_codes)
     local_ref = (idx[n_ref:, :n_neighbors] < n_ref).sum(1)  # reference cells among each query cell's neighbours
-    batches = np.zeros(len(share), dtype=np.int64) if batches is None else np.asarray(batches)
-    for b in np.unique(batches):
-        rows = batches == b
-        if np.median(local_ref[rows]) < 1:
-            w = POORLY_MIXED_LOCAL_WEIGHT
-            share[rows] = local[rows] ** w * wide[rows] ** (1 - w)
+    poor = _batch_median(local_ref, batches) < 1
+    w = POORLY_MIXED_LOCAL_WEIGHT
+    share[poor] = local[poor] ** w * wide[poor] ** (1 - w)
     return share
+
+
+def _batch_median(values: np.ndarray, batches: np.ndarray | None) -> np.ndarray:
+    """For each query cell, the median of ``values`` over the cells of its batch (one batch when None)."""
+    batches = np.zeros(len(values), dtype=np.int64) if batches is None else np.asarray(batches)
+    out = np.zeros(len(values))
+    for b in np.unique(batches):
+        out[batches == b] = np.median(values[batches == b])
+    return out
