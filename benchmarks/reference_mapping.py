@@ -240,7 +240,8 @@ def write_markdown(results: dict) -> None:
             "Novel types: one type left out of the reference. AUROC of (1 − mapping score) for novel vs known query "
             "cells (the score multiplies the reference share of the cell's neighbourhood, relative to what the query "
             "and the predicted class make typical, at 15 and 50 neighbours, by its distance to reference cells of its "
-            "predicted class); share of each called Unknown by the default threshold (score < "
+            "predicted class and by how well its expression matches that class's mean profile); share of each called "
+            "Unknown by the default threshold (score < "
             f"{next(iter(results['novel'].values()))['mapping_threshold']:g}).",
             "",
             "| dataset / setting | held-out type | novel cells | AUROC | novel → Unknown | known → Unknown "
