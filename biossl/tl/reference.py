@@ -651,28 +651,25 @@ def class_profiles(counts, codes: np.ndarray, n_classes: int) -> tuple[np.ndarra
     return profiles.astype(np.float32), similarity.astype(np.float32)
 
 
-def expression_match(
+def expression_ratio(
     X,
     present: np.ndarray,
     pred: np.ndarray,
     neighbors: np.ndarray,
     profiles: np.ndarray,
     similarity: np.ndarray,
-    class_sizes: np.ndarray,
     *,
     batches: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The expression part of the mapping score: how much a query cell looks like its predicted class.
+    """How well each cell's expression matches its predicted class, relative to what is typical (1 = typical).
 
-    ``X`` are the query counts in model gene order (``present``: 0/1 per gene, missing genes are left out),
-    ``pred`` the predicted class codes (-1 = none), ``neighbors`` each query cell's neighbours among the
-    query cells (query row indices, -1 = none). A cell's log-normalised expression, averaged with its
-    neighbours of the same predicted class, is correlated with the class profile (:func:`class_profiles`)
-    and divided by the class's typical match (``similarity``), then by the 75th percentile of that ratio in
-    its query batch (another technology lowers every match; while at most half the batch is novel, with lower
-    ratios, that percentile is the known cells' median). Returns, per cell,
-    ``min(1, ratio / EXPRESSION_TOLERANCE) ** (n / (n + 10))`` with ``n`` the predicted class's reference
-    cells (a profile from 3 cells is trusted less); 1 where ``pred`` is -1.
+    ``X`` are counts in the profiles' gene order (``present``: 0/1 per gene, missing genes are left out),
+    ``pred`` the predicted class codes (-1 = none), ``neighbors`` each cell's neighbours among the rows of
+    ``X`` (-1 = none). A cell's log-normalised expression, averaged with its neighbours of the same
+    predicted class, is correlated with the class profile (:func:`class_profiles`) and divided by the
+    class's typical match (``similarity``), then by the 75th percentile of that ratio in its batch
+    (another technology lowers every match; while at most half the batch is novel, with lower ratios, that
+    percentile is the known cells' median). 1 where ``pred`` is -1.
     """
     import scipy.sparse as sp
 
@@ -699,7 +696,30 @@ def expression_match(
         level = np.quantile(ratio[rows], EXPRESSION_BATCH_QUANTILE) if rows.any() else 0.0
         if level > 0:
             ratio[rows] /= level
+    return ratio
+
+
+def expression_match(
+    X,
+    present: np.ndarray,
+    pred: np.ndarray,
+    neighbors: np.ndarray,
+    profiles: np.ndarray,
+    similarity: np.ndarray,
+    class_sizes: np.ndarray,
+    *,
+    batches: np.ndarray | None = None,
+) -> np.ndarray:
+    """The expression part of the mapping score: how much a query cell looks like its predicted class.
+
+    ``min(1, ratio / EXPRESSION_TOLERANCE) ** (n / (n + 10))`` per cell, with ``ratio`` from
+    :func:`expression_ratio` (arguments as there; ``neighbors`` index the query cells) and ``n`` the
+    predicted class's reference cells (``class_sizes``; a profile from 3 cells is trusted less); 1 where
+    ``pred`` is -1.
+    """
+    ratio = expression_ratio(X, present, pred, neighbors, profiles, similarity, batches=batches)
+    reached = pred >= 0
     weight = class_sizes / (class_sizes + EXPRESSION_PRIOR_CELLS)
-    part = np.ones(n)
+    part = np.ones(len(pred))
     part[reached] = np.clip(ratio[reached] / EXPRESSION_TOLERANCE, 0.0, 1.0) ** weight[pred[reached]]
     return part
