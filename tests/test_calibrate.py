@@ -129,6 +129,20 @@ def test_novelty_reads_expression_where_the_graph_glues_a_type_to_its_neighbour(
     assert auc_novelty > 0.9 and auc_novelty > auc_position + 0.1, (auc_novelty, auc_position)
 
 
+def test_novelty_without_raw_counts_uses_position_only(pbmc_graph, caplog):
+    from biossl.tl.annotate import connectivities
+    from biossl.tl.calibrate import novelty_score
+
+    mask = _label(pbmc_graph, 5, drop="B")
+    pbmc_graph.X = pbmc_graph.X.multiply(1e4 / pbmc_graph.X.sum(1)).log1p().tocsr()  # log-normalised, no counts
+    del pbmc_graph.uns["biossl"]["setup"]
+    with caplog.at_level("WARNING", logger="biossl"):
+        biossl.tl.novelty(pbmc_graph, "labels")
+    assert "position only" in caplog.text
+    position = novelty_score(connectivities(pbmc_graph, "biossl"), np.where(mask, 0, -1), pbmc_graph.obsm["X_biossl"])
+    np.testing.assert_allclose(pbmc_graph.obs["biossl_novelty"].to_numpy()[~mask], position[~mask], rtol=1e-6)
+
+
 def test_evaluate_reports_ece(pbmc_graph, tmp_path):
     small = pbmc_graph[::3].copy()
     src = tmp_path / "in.h5ad"

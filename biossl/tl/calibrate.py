@@ -301,8 +301,11 @@ def novelty(
     Returns
     -------
     None or a copy. Writes ``obs["{key_added}"]`` in (0, 1] (labelled cells 0). A high score means: look at
-    this cell, its type may be missing from the labels. In ``benchmarks/novel_types.py`` (one type's labels
-    hidden, 5 labels per other type) its mean AUROC was far above that of ``1 - biossl_confidence``.
+    this cell, its type may be missing from the labels. The expression view reads the raw counts of the genes
+    :func:`biossl.pp.setup` selected (and its ``batch_key``); without raw counts only the position view is
+    used (a warning says so). In ``benchmarks/novel_types.py`` (one type's labels hidden, 5 labels per other
+    type) its AUROC was 0.88 / 0.92 / 1.00 on pbmc3k / baron_mouse / cellbench, against 0.54-0.73 for
+    ``1 - biossl_confidence``.
     """
     from .annotate import _graph_representation, connectivities, label_codes
 
@@ -312,7 +315,11 @@ def novelty(
     W = connectivities(adata, neighbors_key)
     if W.shape != (adata.n_obs, adata.n_obs):
         raise ValueError(f"the graph has shape {W.shape} but adata has {adata.n_obs} cells; rebuild it.")
-    counts, batches = _setup_counts(adata)
+    try:
+        counts, batches = _setup_counts(adata)
+    except ValueError as err:  # e.g. only log-normalised values: the position view still works
+        logger.warning("novelty: %s; scoring by graph position only, without the expression view.", err)
+        counts, batches = None, None
     score = novelty_score(W, codes, _graph_representation(adata, neighbors_key), counts=counts, batches=batches)
     score[codes >= 0] = 0.0
     adata = adata.copy() if copy else adata
