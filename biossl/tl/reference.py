@@ -31,7 +31,7 @@ REFERENCE_FILE = "reference.npz"
 
 
 class Reference:
-    """A trained model with the reference cells' latent, labels and batches.
+    """A trained model with the reference cells' latent, labels and batches, and each class's mean profile.
 
     Build it with :func:`biossl.tl.fit_reference`; share it with :meth:`save` / :meth:`load`.
     """
