@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import sys
@@ -56,6 +57,29 @@ def _progress(total: int, enabled: bool | None, desc: str):
     return tqdm(total=total, desc=desc, leave=False, file=sys.stderr)
 
 
+def _deterministic_on_cpu(fn):
+    """Run ``fn`` with torch's deterministic algorithms on a CPU ``device`` (restored afterwards).
+
+    Without them two fits with the same seed on the same 2-core machine gave different latents from run to
+    run (a multi-threaded CPU kernel sums in a varying order); with them the latents are identical, at no
+    measurable cost. On CUDA the setting is left to the user (it needs ``CUBLAS_WORKSPACE_CONFIG``).
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, device: torch.device, **kwargs):
+        if device.type != "cpu":
+            return fn(*args, device=device, **kwargs)
+        previous = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(True)
+        try:
+            return fn(*args, device=device, **kwargs)
+        finally:
+            torch.use_deterministic_algorithms(previous)
+
+    return wrapper
+
+
+@_deterministic_on_cpu
 def train(
     module: CountAutoencoder,
     X,
