@@ -90,6 +90,28 @@ def test_annotate_confidence_is_calibrated_on_pbmc(pbmc_graph):
     np.testing.assert_allclose(cal.obs["biossl_confidence"][q], cal.obsm["biossl_proba"][q].max(1), atol=1e-6)
 
 
+def test_self_training_warm_start_lands_where_a_cold_fit_does(pbmc_graph):
+    """Calibration folds start self-training from the full fit (``init``), which must not change the answer."""
+    from biossl.tl.annotate import connectivities, label_codes, propagate_labels, self_train
+
+    _label(pbmc_graph, 5)
+    codes, classes = label_codes(pbmc_graph, "labels", None)
+    W, rep = connectivities(pbmc_graph, "biossl"), pbmc_graph.obsm["X_biossl"]
+    init: dict = {}
+    self_train(rep, codes, propagate_labels(W, codes, len(classes))[0], init=init)
+    assert init["coef"].shape == (len(classes), rep.shape[1]) and list(init["classes"]) == list(range(len(classes)))
+    fold = codes.copy()
+    fold[np.flatnonzero(codes >= 0)[::5]] = -1  # hide one label in five, as a calibration fold does
+    proba = propagate_labels(W, fold, len(classes))[0]
+    cold = self_train(rep, fold, proba)
+    warm = self_train(rep, fold, proba, init=dict(init))
+    assert not np.array_equal(warm, cold)  # the start was used ...
+    assert (warm.argmax(1) == cold.argmax(1)).mean() > 0.99  # ... and the optimum is the same
+    assert np.abs(warm - cold).mean() < 0.005, np.abs(warm - cold).mean()
+    # stored classes that do not match the fit's: a cold start, not an error
+    np.testing.assert_array_equal(self_train(rep, fold, proba, init={**init, "classes": init["classes"][:-1]}), cold)
+
+
 def test_one_label_per_type_leaves_confidence_uncalibrated(pbmc_graph):
     _label(pbmc_graph, 1)
     raw = biossl.tl.annotate(pbmc_graph, "labels", calibrate=False, copy=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 
@@ -228,11 +229,12 @@ def annotation_predictor(
     built once for all calls (the calibration folds of :func:`biossl.tl.calibrate.calibrate_annotation`).
     """
     operator = graph.spreading_operator(W, alpha)
+    init: dict = {}  # the first self-training fit starts the later ones (calibration folds: a few labels fewer)
 
     def predict(codes: np.ndarray) -> np.ndarray:
         proba = propagate_labels(W, codes, n_classes, alpha=alpha, class_prior=class_prior, operator=operator)[0]
         if rep is not None:
-            proba = _normalise_rows(self_train(rep, codes, proba))[0]
+            proba = _normalise_rows(self_train(rep, codes, proba, init=init))[0]
         return proba
 
     return predict
@@ -289,6 +291,17 @@ def _normalise_rows(F: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return proba, proba.max(1), np.where(reached, proba.argmax(1), -1)
 
 
+@functools.cache
+def _blas_controller():
+    """The loaded BLAS libraries as threadpoolctl sees them, found once.
+
+    ``threadpool_limits`` rescans them on every call: 3 ms, a tenth of a self-training fit on pbmc3k.
+    """
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
 def self_train(
     X: np.ndarray,
     codes: np.ndarray,
@@ -297,6 +310,7 @@ def self_train(
     quantile: float = 0.5,
     max_cells: int = 50_000,
     seed: int = 0,
+    init: dict | None = None,
 ) -> np.ndarray:
     """Refine propagated probabilities with a classifier trained on confident pseudo-labels.
 
@@ -304,10 +318,14 @@ def self_train(
     for each predicted class, its cells above the class's median confidence (at most ``max_cells``,
     sampled per class); its probabilities are averaged with the propagated ones. Unreached cells stay
     unreached. On pbmc3k this added 0.03–0.08 macro-F1 at 1–10 labels per type.
+
+    ``init`` is a dict shared by calls on the same cells: an empty one receives this fit's coefficients, a
+    filled one starts the optimiser there when the classes match. The loss is convex, so the start only
+    moves where L-BFGS stops within its tolerance; the calibration folds of :func:`annotate` need about
+    half the iterations from the full fit (pbmc3k: 16-18 instead of 26-34).
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
-    from threadpoolctl import threadpool_limits
 
     n_classes = proba.shape[1]
     reached = proba.sum(1) > 0
@@ -332,9 +350,16 @@ def self_train(
     q = np.zeros_like(proba)
     # one BLAS thread: these products are too small to share (pbmc3k on 2 cores: 0.16 s instead of 1.9 s wall,
     # and 3x faster still at the 50,000-cell cap)
-    with threadpool_limits(limits=1, user_api="blas"):
-        clf = LogisticRegression(C=1.0, max_iter=500).fit(scaler.transform(X[train_idx]), target)
+    clf = LogisticRegression(C=1.0, max_iter=500)
+    classes = np.unique(target)
+    if init and np.array_equal(init["classes"], classes):
+        clf.set_params(warm_start=True)
+        clf.coef_, clf.intercept_ = init["coef"].copy(), init["intercept"].copy()
+    with _blas_controller().limit(limits=1, user_api="blas"):
+        clf.fit(scaler.transform(X[train_idx]), target)
         q[:, clf.classes_] = clf.predict_proba(scaler.transform(X))
+    if init is not None and not init:
+        init.update(classes=classes, coef=clf.coef_.copy(), intercept=clf.intercept_.copy())
     out = 0.5 * proba + 0.5 * q
     out[~reached] = 0.0
     return out
