@@ -38,7 +38,8 @@ def _annotate_isotonic(adata, key: str) -> None:
     biossl.tl.annotate(adata, key, unlabeled_category=None, calibrate=False)
     codes, classes = split_labels(adata, key, None)
     W = connectivities(adata, "biossl")
-    predict = annotation_predictor(W, len(classes), alpha=0.9, rep=_graph_representation(adata, "biossl"))
+    rep = _graph_representation(adata, "biossl")
+    predict = annotation_predictor(W, len(classes), alpha=0.9, rep=rep, class_prior="estimate")  # as tl.annotate
     proba, _ = calibrate_annotation(
         predict, codes, np.asarray(adata.obsm["biossl_proba"], dtype=np.float64), method="isotonic"
     )
