@@ -197,7 +197,7 @@ def calibrate_annotation(
 
 
 def _rank01(x: np.ndarray) -> np.ndarray:
-    """Ranks scaled to (0, 1] (ties share the average rank)."""
+    """Ranks scaled to (0, 1] (ties share the average rank): a scale-free version of ``x``."""
     from scipy.stats import rankdata
 
     return rankdata(x) / len(x)
@@ -263,13 +263,8 @@ def _expression_ratio(W: sp.csr_matrix, codes: np.ndarray, counts, batches: np.n
     n_classes = int(codes.max()) + 1
     _, _, pred = propagate_labels(W, codes, n_classes, alpha=alpha)
     profiles, similarity = class_profiles(counts, codes, n_classes)
-    W = sp.csr_matrix(W)
-    width = max(int(np.diff(W.indptr).max(initial=0)), 1)
-    neighbors = np.full((W.shape[0], width), -1, dtype=np.int64)
-    rows = np.repeat(np.arange(W.shape[0]), np.diff(W.indptr))
-    neighbors[rows, np.arange(W.nnz) - W.indptr[rows]] = W.indices
     present = np.ones(counts.shape[1])
-    return expression_ratio(counts, present, pred, neighbors, profiles, similarity, batches=batches)
+    return expression_ratio(counts, present, pred, sp.csr_matrix(W), profiles, similarity, batches=batches)
 
 
 def novelty(

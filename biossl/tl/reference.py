@@ -665,11 +665,12 @@ def expression_ratio(
 
     ``X`` are counts in the profiles' gene order (``present``: 0/1 per gene, missing genes are left out),
     ``pred`` the predicted class codes (-1 = none), ``neighbors`` each cell's neighbours among the rows of
-    ``X`` (-1 = none). A cell's log-normalised expression, averaged with its neighbours of the same
-    predicted class, is correlated with the class profile (:func:`class_profiles`) and divided by the
-    class's typical match (``similarity``), then by the 75th percentile of that ratio in its batch
-    (another technology lowers every match; while at most half the batch is novel, with lower ratios, that
-    percentile is the known cells' median). 1 where ``pred`` is -1.
+    ``X`` (-1 = none) or the cells' graph as a sparse matrix (its stored entries are the neighbours). A
+    cell's log-normalised expression, averaged with its neighbours of the same predicted class, is
+    correlated with the class profile (:func:`class_profiles`) and divided by the class's typical match
+    (``similarity``), then by the 75th percentile of that ratio in its batch (another technology lowers
+    every match; while at most half the batch is novel, with lower ratios, that percentile is the known
+    cells' median). 1 where ``pred`` is -1.
     """
     import scipy.sparse as sp
 
@@ -678,9 +679,14 @@ def expression_ratio(
     L = _log_normalise(X)[:, np.flatnonzero(genes)]
     centre = profiles[:, genes].mean(0)
     shifted = profiles[:, genes] - centre
-    same = (neighbors >= 0) & (pred[np.maximum(neighbors, 0)] == pred[:, None])
-    rows = np.repeat(np.arange(n), same.sum(1))
-    smooth = sp.csr_matrix((np.ones(len(rows)), (rows, neighbors[same])), shape=(n, n)) + sp.identity(n)
+    if sp.issparse(neighbors):
+        edges = sp.coo_matrix(neighbors)
+        rows, cols = edges.row, edges.col
+    else:
+        rows, cols = np.nonzero(neighbors >= 0)
+        cols = neighbors[rows, cols]
+    same = pred[rows] == pred[cols]
+    smooth = sp.csr_matrix((np.ones(same.sum()), (rows[same], cols[same])), shape=(n, n)) + sp.identity(n)
     smooth = (sp.diags(1.0 / np.asarray(smooth.sum(1)).ravel()) @ smooth).tocsr()
     reached = pred >= 0
     ratio = np.ones(n)
@@ -692,10 +698,10 @@ def expression_ratio(
             ratio[r] = _row_correlation(x, shifted[pred[r]]) / np.maximum(similarity[pred[r]], 1e-3)
     batches = np.zeros(n, dtype=np.int64) if batches is None else np.asarray(batches)
     for b in np.unique(batches):
-        rows = (batches == b) & reached
-        level = np.quantile(ratio[rows], EXPRESSION_BATCH_QUANTILE) if rows.any() else 0.0
+        in_batch = (batches == b) & reached
+        level = np.quantile(ratio[in_batch], EXPRESSION_BATCH_QUANTILE) if in_batch.any() else 0.0
         if level > 0:
-            ratio[rows] /= level
+            ratio[in_batch] /= level
     return ratio
 
 

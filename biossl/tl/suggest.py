@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
@@ -18,15 +17,11 @@ from .annotate import (
     propagate_labels,
     self_train,
 )
+from .calibrate import _rank01
 
 logger = logging.getLogger("biossl")
 
 __all__ = ["suggest_labels", "suggestion_scores"]
-
-
-def _rank01(x: np.ndarray) -> np.ndarray:
-    """Ranks scaled to (0, 1] (ties share the average rank): a scale-free version of ``x``."""
-    return pd.Series(x).rank(method="average").to_numpy() / len(x)
 
 
 def suggestion_scores(
