@@ -83,7 +83,7 @@ def test_annotate_confidence_is_calibrated_on_pbmc(pbmc_graph):
     ece_raw = expected_calibration_error(raw.obs["biossl_confidence"].to_numpy()[q], correct)
     ece_cal = expected_calibration_error(cal.obs["biossl_confidence"].to_numpy()[q], correct)
     assert ece_cal < ece_raw
-    assert ece_cal <= 0.07, ece_cal  # benchmarks/calibration.py: 0.045 mean over 5 seeds
+    assert ece_cal <= 0.07, ece_cal  # benchmarks/calibration.py: 0.041 mean over 5 seeds
     rec = cal.uns["biossl"]["annotate"]["calibration"]
     assert rec["method"] == "temperature" and rec["n_pairs"] == 45 and 0 < rec["temperature"] < 1
     np.testing.assert_allclose(cal.obsm["biossl_proba"].sum(1), 1.0, atol=1e-5)
