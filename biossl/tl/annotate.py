@@ -295,7 +295,9 @@ def _normalise_rows(F: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _blas_controller():
     """The loaded BLAS libraries as threadpoolctl sees them, found once.
 
-    ``threadpool_limits`` rescans them on every call: 3 ms, a tenth of a self-training fit on pbmc3k.
+    ``threadpool_limits`` rescans them on every call: 3 ms, a tenth of a self-training fit on pbmc3k. A library
+    loaded later would not be limited; the fit's own (numpy's and scipy's, imported with sklearn) are loaded by
+    the first call.
     """
     from threadpoolctl import ThreadpoolController
 
