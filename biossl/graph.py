@@ -17,6 +17,10 @@ from scipy.sparse.linalg import cg
 logger = logging.getLogger("biossl")
 
 EXACT_MAX_CELLS = 50_000
+# Below this batch-mixing score (:func:`batch_mixing`) labels hardly cross batches on a kNN graph. Chosen on
+# pbmc3k_two_technologies and the mild few-label sets (cellbench, baron_mouse donors: above it, left unchanged);
+# baron_mouse_two_technologies was held out (benchmarks/strong_batch.py).
+MIXING_MIN = 0.2
 
 
 def knn(X: np.ndarray, n_neighbors: int, *, method: str = "auto", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -136,3 +140,30 @@ def propagate(
     if bar is not None:
         bar.close()
     return np.clip(F, 0.0, None)
+
+
+def batch_mixing(idx: np.ndarray, batch: np.ndarray) -> dict:
+    """How well batches mix in a kNN graph: the observed share of cross-batch neighbours over the expected share.
+
+    ``idx`` holds each cell's neighbours (cells × k), ``batch`` each cell's batch. The expected share is what
+    neighbours drawn at random from all cells would give (``1 - n_b / n`` for a cell of batch ``b``), so 1 means
+    batches mix as if they were one, and 0 that no cell has a neighbour in another batch. Differences in cell-type
+    composition between batches lower the score even where batches align (two donors of one tissue score
+    0.3–0.4; see benchmarks/results/strong_batch.md).
+
+    Returns a dict with ``score`` (over all cells) and ``per_batch`` (batch name → score of its cells).
+    """
+    batch = np.asarray(batch)
+    names, codes = np.unique(batch, return_inverse=True)
+    n = len(codes)
+    sizes = np.bincount(codes, minlength=len(names))
+    cross = (codes[idx] != codes[:, None]).mean(1)
+    expected = 1.0 - sizes[codes] / n
+    per_batch = {
+        str(name): round(float(cross[codes == b].mean() / expected[codes == b][0]), 4)
+        if expected[codes == b][0] > 0
+        else 1.0
+        for b, name in enumerate(names)
+    }
+    score = float(cross.mean() / expected.mean()) if expected.mean() > 0 else 1.0
+    return {"score": round(score, 4), "per_batch": per_batch}

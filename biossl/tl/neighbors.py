@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from anndata import AnnData
 
 from .. import graph
-from .._record import record
+from .._record import get_record, record
+
+logger = logging.getLogger("biossl")
 
 
 def neighbors(
@@ -42,7 +46,9 @@ def neighbors(
     -------
     None or a copy. Writes ``obsp["{key_added}_connectivities"]``, ``obsp["{key_added}_distances"]`` and
     ``uns["{key_added}_neighbors"]`` (scanpy's neighbors layout, so ``sc.tl.umap(adata,
-    neighbors_key="biossl_neighbors")`` works).
+    neighbors_key="biossl_neighbors")`` works). With the batch key of :func:`biossl.pp.setup`,
+    ``uns["biossl"]["neighbors"]["batch_mixing"]`` holds how well the batches mix in the graph
+    (:func:`biossl.graph.batch_mixing`), and a warning is logged when labels could hardly cross them.
     """
     if use_rep not in adata.obsm:
         raise ValueError(
@@ -71,5 +77,25 @@ def neighbors(
         "distances_key": f"{key_added}_distances",
         "params": {**params, "random_state": int(seed)},
     }
-    record(adata, "neighbors", {**params, "key_added": key_added, "search": method})
+    mixing = _batch_mixing(adata, idx)
+    record(adata, "neighbors", {**params, "key_added": key_added, "search": method, "batch_mixing": mixing})
     return adata if copy else None
+
+
+def _batch_mixing(adata: AnnData, idx: np.ndarray) -> dict | None:
+    """Mixing of the setup's batches in the new graph (None without batches), logged; a warning when it is poor."""
+    batch_key = (get_record(adata, "setup") or {}).get("batch_key")
+    if batch_key is None or batch_key not in adata.obs or adata.obs[batch_key].nunique() < 2:
+        return None
+    mixing = graph.batch_mixing(idx, adata.obs[batch_key].astype(str).to_numpy())
+    if mixing["score"] < graph.MIXING_MIN:
+        logger.warning(
+            "neighbors: batches of obs[%r] hardly mix in the graph (mixing score %.2f < %.2f); labels may not cross "
+            "them: embed with biossl.tl.embed(adata) (PCA scaled per batch) or a batch-aware VAE",
+            batch_key,
+            mixing["score"],
+            graph.MIXING_MIN,
+        )
+    else:
+        logger.info("neighbors: batch mixing score %.2f", mixing["score"])
+    return mixing

@@ -1,0 +1,115 @@
+"""Strong batch effects: the mixing diagnostic and the per-batch scaled PCA that ``tl.embed`` picks from it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from anndata import AnnData
+
+import biossl
+from biossl import graph
+from biossl.graph import MIXING_MIN
+from biossl.metrics import macro_f1
+from biossl.tl.embed import _pca_scaled_per_batch
+
+
+def _two_technologies(adata: AnnData, seed: int = 0) -> AnnData:
+    """Half the cells re-sampled as another technology: Poisson(count × gene factor × 0.5), 20% of genes absent.
+
+    The recipe of ../shared/data/strong_batch (gene factor exp(N(0, 1))), applied to the shipped pbmc3k.
+    """
+    rng = np.random.default_rng(seed)
+    X = sp.csr_matrix(adata.X, dtype=np.float64)
+    shift = rng.random(adata.n_obs) < 0.5
+    factor = np.exp(rng.normal(0.0, 1.0, adata.n_vars)) * 0.5
+    factor[rng.random(adata.n_vars) < 0.2] = 0.0
+    B = X[shift].tocoo()
+    B.data = rng.poisson(B.data * factor[B.col]).astype(np.float64)
+    X = X.tolil()
+    X[np.flatnonzero(shift)] = sp.csr_matrix(B)
+    X = sp.csr_matrix(X, dtype=np.float32)
+    X.eliminate_zeros()
+    out = AnnData(X=X, obs=adata.obs[["cell_type"]].copy(), var=adata.var[[]].copy())
+    out.obs["batch"] = pd.Categorical(np.where(shift, "tech_B", "tech_A"))
+    keep = np.asarray(X.sum(1)).ravel() > 0
+    return out[keep].copy()
+
+
+@pytest.fixture(scope="module")
+def _strong(_pbmc_full) -> AnnData:
+    return _two_technologies(_pbmc_full)
+
+
+def test_batch_mixing_scores_separate_and_mixed_batches():
+    rng = np.random.default_rng(0)
+    n = 400
+    batch = np.repeat(["a", "b"], n // 2)
+    apart = np.vstack([rng.normal(0, 1, (n // 2, 5)), rng.normal(20, 1, (n // 2, 5))])
+    mixed = rng.normal(0, 1, (n, 5))
+    idx_apart, _ = graph.knn(apart, 10)
+    idx_mixed, _ = graph.knn(mixed, 10)
+    assert graph.batch_mixing(idx_apart, batch)["score"] == 0.0
+    m = graph.batch_mixing(idx_mixed, batch)
+    assert 0.85 < m["score"] < 1.15
+    assert set(m["per_batch"]) == {"a", "b"}
+
+
+def test_scaled_pca_matches_dense_per_batch_scaling():
+    rng = np.random.default_rng(1)
+    X = sp.random(300, 60, density=0.3, random_state=2, format="csr", dtype=np.float64)
+    X.data = np.log1p(rng.poisson(5, X.nnz) + 1.0)
+    batch = np.where(rng.random(300) < 0.4, "x", "y")
+    latent = _pca_scaled_per_batch(X, batch, 5)
+    D = X.toarray()
+    for b in ("x", "y"):
+        r = batch == b
+        D[r] = (D[r] - D[r].mean(0)) / D[r].std(0)
+    _, _, vt = np.linalg.svd(D, full_matrices=False)
+    ref = D @ vt[:5].T
+    for j in range(5):  # components agree up to sign
+        assert abs(np.corrcoef(latent[:, j], ref[:, j])[0, 1]) > 0.999
+
+
+def test_default_path_crosses_a_strong_batch_effect(_strong):
+    adata = _strong.copy()
+    truth = adata.obs["cell_type"].astype(str).to_numpy()
+    is_b = (adata.obs["batch"] == "tech_B").to_numpy()
+    adata.obs["labels"] = pd.Categorical(np.where(is_b, None, truth))
+    pooled = adata.copy()
+    biossl.pp.setup(adata, batch_key="batch")
+    biossl.tl.embed(adata)
+    rec = adata.uns["biossl"]["embed"]
+    assert rec["batch_correction"] == "scale"
+    assert rec["batch_mixing"]["pooled"]["score"] < MIXING_MIN < rec["batch_mixing"]["scaled"]["score"]
+    biossl.tl.neighbors(adata)
+    biossl.tl.annotate(adata, "labels")
+    f1 = macro_f1(truth[is_b], adata.obs["biossl_label"].astype(str).to_numpy()[is_b])
+    # the pooled PCA graph of the same data (what biossl did before the diagnostic) stays far below
+    biossl.pp.setup(pooled, batch_key="batch")
+    biossl.tl.embed(pooled, batch_correction="none")
+    biossl.tl.neighbors(pooled)
+    biossl.tl.annotate(pooled, "labels")
+    f1_pooled = macro_f1(truth[is_b], pooled.obs["biossl_label"].astype(str).to_numpy()[is_b])
+    assert f1 > 0.8 > 0.5 > f1_pooled
+
+
+def test_mixed_batches_are_left_alone(pbmc_small):
+    adata = pbmc_small
+    adata.obs["batch"] = pd.Categorical(np.where(np.arange(adata.n_obs) % 2, "a", "b"))
+    biossl.pp.setup(adata, batch_key="batch")
+    none = adata.copy()
+    biossl.tl.embed(adata)
+    biossl.tl.embed(none, batch_correction="none")
+    assert adata.uns["biossl"]["embed"]["batch_correction"] == "none"
+    assert adata.uns["biossl"]["embed"]["batch_mixing"]["pooled"]["score"] > 0.8
+    np.testing.assert_array_equal(adata.obsm["X_biossl"], none.obsm["X_biossl"])
+
+
+def test_batch_correction_is_checked(pbmc_small, unchanged):
+    with unchanged(pbmc_small):
+        with pytest.raises(ValueError, match="batch_correction must be one of"):
+            biossl.tl.embed(pbmc_small, batch_correction="harmony")
+        with pytest.raises(ValueError, match="applies to the PCA embedding"):
+            biossl.tl.embed(pbmc_small, model="vae", batch_correction="scale")
