@@ -145,24 +145,38 @@ class RowReader:
         return sp.vstack([block for _, _, block in self.chunks(chunk_size)], format="csr")
 
 
-def _stats_pass(reader: RowReader, codes: np.ndarray, n_groups: int, progress, clip: np.ndarray | None = None):
-    """Per group × gene sums (and sums of squares, nnz); with ``clip`` (groups × genes), of min(x, clip)."""
+def _stats_pass(
+    reader: RowReader,
+    codes: np.ndarray,
+    n_groups: int,
+    progress,
+    clip: np.ndarray | None = None,
+    row_scale: np.ndarray | None = None,
+):
+    """Per group × gene sums (and sums of squares, nnz).
+
+    With ``clip`` (groups × genes) the sums are of min(x, clip), with ``row_scale`` (one factor per row) of
+    the scaled rows.
+    """
     G = reader.n_cols
     s1 = np.zeros(n_groups * G)
     s2 = np.zeros(n_groups * G)
     nnz = np.zeros(G, dtype=np.int64)
     problem = None
-    bar = progress_bar(reader.n_rows, "gene statistics" if clip is None else "gene variances", progress,
+    first = clip is None and row_scale is None
+    bar = progress_bar(reader.n_rows, "gene statistics" if first else "gene variances", progress,
                        min_total=100_000)  # fmt: skip
-    row_sums = np.zeros(reader.n_rows) if clip is None else None
+    row_sums = np.zeros(reader.n_rows) if first else None
     for start, stop, block in reader.chunks():
         data = block.data.astype(np.float64)
-        if clip is None and problem is None:
+        if first and problem is None:
             problem = _count_problem(data)
         rows = np.repeat(np.arange(start, stop), np.diff(block.indptr))
         key = codes[rows] * G + block.indices
         if clip is not None:
             data = np.minimum(data, clip.ravel()[key])
+        elif row_scale is not None:
+            data = data * row_scale[rows]
         else:
             row_sums[start:stop] = np.asarray(block.sum(1)).ravel()
             nnz += np.bincount(block.indices[data != 0], minlength=G)
@@ -258,5 +272,73 @@ def seurat_v3_streaming(
     chosen = np.zeros(int(expressed.sum()), dtype=bool)
     chosen[np.asarray(order[:n_top_genes])] = True
     mask = np.zeros(G, dtype=bool)
+    mask[np.flatnonzero(expressed)[chosen]] = True
+    return mask
+
+
+def top_genes(keys: list[np.ndarray], n: int) -> np.ndarray:
+    """Mask of the ``n`` genes ranked highest by ``keys`` (the last key first; NaN lowest; ties by position)."""
+    order = np.lexsort([np.nan_to_num(-np.asarray(k, dtype=float), nan=np.inf) for k in keys])
+    chosen = np.zeros(len(keys[0]), dtype=bool)
+    chosen[order[:n]] = True
+    return chosen
+
+
+def normalised_dispersion(mean: np.ndarray, var: np.ndarray, n_bins: int = 20) -> np.ndarray:
+    """The statistic of scanpy's ``flavor="seurat"``, from the mean and variance of normalised counts.
+
+    The log dispersion (var / mean) z-scored within ``n_bins`` equal-width bins of log1p(mean); a gene alone
+    in its bin gets 1, a gene with no variance NaN.
+    """
+    mean = np.where(mean == 0, 1e-12, mean)
+    disp = var / mean
+    disp[disp <= 0] = np.nan
+    disp = np.log(disp)
+    bins = pd.cut(np.log1p(mean), bins=n_bins)
+    stats = pd.Series(disp).groupby(bins, observed=True).agg(["mean", "std"])
+    single = stats["std"].isna()
+    stats.loc[single, "std"] = stats.loc[single, "mean"]
+    stats.loc[single, "mean"] = 0.0
+    per_gene = stats.loc[bins]
+    with np.errstate(divide="ignore", invalid="ignore"):  # a bin of equal dispersions: NaN/inf, as in scanpy
+        return (disp - per_gene["mean"].to_numpy()) / per_gene["std"].to_numpy()
+
+
+def seurat_dispersion_streaming(
+    reader: RowReader, scan: dict, n_top_genes: int, *, progress: bool | None = None
+) -> np.ndarray:
+    """Boolean mask of ``n_top_genes`` genes by scanpy's ``flavor="seurat"`` rule (no loess), in one more pass.
+
+    The rule biossl falls back to when seurat_v3's loess fails, as :func:`biossl.pp.setup` applies it in
+    memory: counts normalised to the median library size (``sc.pp.normalize_total``), per batch the
+    :func:`normalised_dispersion` of the genes expressed in that batch (0 elsewhere) and the top
+    ``n_top_genes`` of them; genes ranked by the number of batches they are top in, then by the mean
+    normalised dispersion.
+    """
+    expressed = scan["nnz"] > 0
+    lib = scan["library"]
+    scale = np.median(lib[lib > 0]) / np.where(lib > 0, lib, 1.0)
+    n_groups, codes = scan["n_groups"], scan["codes"]
+    s1, s2, _, _, _ = _stats_pass(reader, codes, n_groups, progress, row_scale=scale)
+    n_per = np.bincount(codes, minlength=n_groups).astype(np.float64)
+    norms, n_top = [], np.zeros(int(expressed.sum()))
+    for g in range(n_groups):
+        n = n_per[g]
+        if n < 2:
+            continue
+        in_batch = (scan["sum"][g] > 0)[expressed]
+        mean = s1[g][expressed][in_batch] / n
+        var = np.maximum(s2[g][expressed][in_batch] / n - mean**2, 0.0) * (n / (n - 1))
+        var[var < 1e-12 * mean**2] = 0.0  # constant genes: rounding, not variance
+        norm = np.zeros(len(in_batch))
+        norm[in_batch] = normalised_dispersion(mean, var)
+        valid = np.sort(norm[in_batch][~np.isnan(norm[in_batch])])[::-1]
+        if len(valid):  # scanpy's per-batch choice: everything at or above the n-th highest
+            top = np.nan_to_num(norm, nan=-np.inf) >= valid[min(n_top_genes, len(valid)) - 1]
+            n_top += top & in_batch
+        norms.append(norm)
+    mean_norm = pd.DataFrame(np.vstack(norms)).mean(axis=0).to_numpy()  # NaN skipped, as scanpy averages
+    chosen = top_genes([mean_norm, n_top], n_top_genes)
+    mask = np.zeros(reader.n_cols, dtype=bool)
     mask[np.flatnonzero(expressed)[chosen]] = True
     return mask

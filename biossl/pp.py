@@ -6,6 +6,9 @@ Everything is checked before anything is written, so a failed call leaves ``adat
 from __future__ import annotations
 
 import logging
+import traceback
+import warnings
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -136,23 +139,106 @@ def check_copy(adata: AnnData, copy: bool) -> None:
         )
 
 
-def _select_genes(counts, genes: pd.Index, n_top_genes: int, batch: pd.Series | None) -> np.ndarray:
-    """Boolean mask of selected genes: scanpy's seurat_v3 on counts, all expressed genes if few."""
+# spans of seurat_v3's loess, tried in order: the first is scanpy's default, the wider ones survive the
+# singular local fits that many genes with the same few counts cause (see _loess_failure)
+HVG_SPANS = (0.3, 0.5, 1.0)
+
+
+def _loess_failure(err: BaseException) -> bool:
+    """True when ``err`` was raised by skmisc's loess (e.g. ``b'reciprocal condition number  5.5e-15'``).
+
+    Degree-2 local fits become singular where most genes in a neighbourhood share one mean (genes seen
+    1, 2, 3 times in all cells); skmisc turns loess's warning into a ValueError with a bytes message.
+    """
+    if not isinstance(err, ValueError):
+        return False
+    frames = traceback.extract_tb(err.__traceback__)
+    return bool(frames) and "loess" in frames[-1].filename
+
+
+def _fit_with_fallback(seurat_v3: Callable[[float], np.ndarray], seurat: Callable[[], np.ndarray]):
+    """Run ``seurat_v3(span)`` over :data:`HVG_SPANS` until its loess fits, else ``seurat()``; warn on a fallback.
+
+    Returns the chosen genes and the record of how (``hvg_flavor``, ``hvg_span``).
+    """
+    failure = None
+    for span in HVG_SPANS:
+        try:
+            chosen = seurat_v3(span)
+        except ValueError as err:
+            if not _loess_failure(err):
+                raise
+            failure = failure or _message(err)
+            continue
+        how = {"hvg_flavor": "seurat_v3", "hvg_span": span}
+        break
+    else:
+        chosen, how = seurat(), {"hvg_flavor": "seurat"}
+    if failure is not None:
+        used = f"span={how['hvg_span']}" if "hvg_span" in how else "flavor='seurat' (binned dispersions, no loess)"
+        warnings.warn(
+            f"seurat_v3 gene selection failed in its loess fit ({failure}); genes were selected with {used} "
+            "instead, as recorded in uns['biossl']['setup']. Many genes seen only a few times cause this.",
+            UserWarning,
+            stacklevel=5,
+        )
+    return chosen, how
+
+
+def _message(err: BaseException) -> str:
+    msg = err.args[0] if err.args else err
+    return (msg.decode(errors="replace") if isinstance(msg, bytes) else str(msg)).strip()
+
+
+def _select_genes(counts, genes: pd.Index, n_top_genes: int, batch: pd.Series | None) -> tuple[np.ndarray, dict]:
+    """Boolean mask of selected genes and how they were chosen (``hvg_flavor``, ``hvg_span``).
+
+    scanpy's seurat_v3 on counts; if its loess fails, again with wider spans (:data:`HVG_SPANS`), then
+    scanpy's "seurat" flavour (binned dispersions, no loess) on log-normalised counts, with a warning.
+    All expressed genes are kept when there are no more than ``n_top_genes``.
+    """
     import scanpy as sc
 
     expressed = np.asarray((counts != 0).sum(axis=0)).ravel() > 0
     if expressed.sum() <= n_top_genes:
-        return expressed
+        return expressed, {"hvg_flavor": "all_expressed"}
     tmp = AnnData(X=sp.csr_matrix(counts[:, expressed], dtype=np.float32))
     tmp.var_names = genes[expressed]
+    batch_key = None
     if batch is not None:
         tmp.obs["batch"] = batch.to_numpy()
-    sc.pp.highly_variable_genes(
-        tmp, flavor="seurat_v3", n_top_genes=int(n_top_genes), batch_key="batch" if batch is not None else None
-    )
+        batch_key = "batch"
+
+    def seurat_v3(span: float) -> np.ndarray:
+        sc.pp.highly_variable_genes(tmp, flavor="seurat_v3", n_top_genes=n_top_genes, batch_key=batch_key, span=span)
+        return tmp.var["highly_variable"].to_numpy()
+
+    chosen, how = _fit_with_fallback(seurat_v3, lambda: _seurat_dispersion(tmp, n_top_genes, batch_key))
     mask = np.zeros(len(genes), dtype=bool)
-    mask[np.flatnonzero(expressed)[tmp.var["highly_variable"].to_numpy()]] = True
-    return mask
+    mask[np.flatnonzero(expressed)[chosen]] = True
+    return mask, how
+
+
+def _seurat_dispersion(tmp: AnnData, n_top_genes: int, batch_key: str | None) -> np.ndarray:
+    """The ``n_top_genes`` genes of scanpy's "seurat" flavour on log-normalised counts (exactly that many).
+
+    Ranked by normalised dispersion (with batches: by the number of batches a gene is variable in, then the
+    mean normalised dispersion, as scanpy does); genes without a dispersion come last.
+    """
+    import scanpy as sc
+
+    from ._backed import top_genes
+
+    log = tmp.copy()
+    sc.pp.normalize_total(log)
+    sc.pp.log1p(log)
+    with warnings.catch_warnings():  # a batch with fewer expressed genes than n_top_genes keeps them all
+        warnings.filterwarnings("ignore", message=r"`n_top_genes` > number of normalized", category=UserWarning)
+        sc.pp.highly_variable_genes(log, flavor="seurat", n_top_genes=n_top_genes, batch_key=batch_key)
+    keys = [log.var["dispersions_norm"].to_numpy(dtype=float)]
+    if batch_key is not None:
+        keys.append(log.var["highly_variable_nbatches"].to_numpy(dtype=float))
+    return top_genes(keys, n_top_genes)
 
 
 def setup(
@@ -178,7 +264,9 @@ def setup(
         Column of ``obs`` with the batch (sample, donor, technology) of each cell.
     n_top_genes
         Number of highly variable genes (scanpy's ``seurat_v3`` on counts, batch-aware when
-        ``batch_key`` is given). All expressed genes are kept when there are no more than this.
+        ``batch_key`` is given). All expressed genes are kept when there are no more than this. When the
+        loess of ``seurat_v3`` fails (data with many genes seen only a few times), it is retried with a wider
+        span (0.5, then 1.0), then scanpy's ``seurat`` flavour on log-normalised counts is used, with a warning.
     progress
         Show progress bars for the passes over a backed file; default: only when stderr is a terminal.
     copy
@@ -191,7 +279,8 @@ def setup(
     ``var["biossl_hvg"]``
         Genes used by the model.
     ``uns["biossl"]["setup"]``
-        Where the counts were found, the batch key and the gene list fingerprint.
+        Where the counts were found, the batch key, the gene list fingerprint and how the genes were
+        chosen: ``hvg_flavor`` (``"seurat_v3"``, ``"seurat"`` or ``"all_expressed"``) and ``hvg_span``.
     """
     check_copy(adata, copy)
     mask, params = plan_setup(adata, layer=layer, batch_key=batch_key, n_top_genes=n_top_genes, progress=progress)
@@ -208,9 +297,11 @@ def _check_library(lib: np.ndarray) -> None:
         )
 
 
-def _select_genes_backed(adata: AnnData, n_top_genes: int, batch: pd.Series | None, progress) -> np.ndarray:
-    """Gene selection on a backed ``X`` in chunks: counts checked, then streaming seurat_v3."""
-    from ._backed import RowReader, scan_counts, seurat_v3_streaming
+def _select_genes_backed(
+    adata: AnnData, n_top_genes: int, batch: pd.Series | None, progress
+) -> tuple[np.ndarray, dict]:
+    """Gene selection on a backed ``X`` in chunks: counts checked, then streaming seurat_v3 (same fallbacks)."""
+    from ._backed import RowReader, scan_counts, seurat_dispersion_streaming, seurat_v3_streaming
 
     reader = RowReader(adata.X)
     scan = scan_counts(reader, batch, progress)
@@ -220,7 +311,12 @@ def _select_genes_backed(adata: AnnData, n_top_genes: int, batch: pd.Series | No
             "integer counts in X of a backed file; load the file into memory to use a layer."
         )
     _check_library(scan["library"])
-    return seurat_v3_streaming(reader, scan, n_top_genes, progress=progress)
+    if (scan["nnz"] > 0).sum() <= n_top_genes:
+        return scan["nnz"] > 0, {"hvg_flavor": "all_expressed"}
+    return _fit_with_fallback(
+        lambda span: seurat_v3_streaming(reader, scan, n_top_genes, span=span, progress=progress),
+        lambda: seurat_dispersion_streaming(reader, scan, n_top_genes, progress=progress),
+    )
 
 
 def plan_setup(
@@ -243,13 +339,13 @@ def plan_setup(
     if adata.isbacked and layer is None:
         where = "X"
         batch = check_batch(adata, batch_key)
-        mask = _select_genes_backed(adata, n_top_genes, batch, progress)
+        mask, how = _select_genes_backed(adata, n_top_genes, batch, progress)
     else:
         where = find_counts(adata, layer)
         counts = counts_matrix(adata, where)
         _check_library(np.asarray(counts.sum(axis=1)).ravel())
         batch = check_batch(adata, batch_key)
-        mask = _select_genes(counts, adata.var_names, n_top_genes, batch)
+        mask, how = _select_genes(counts, adata.var_names, int(n_top_genes), batch)
     if mask.sum() < 2:
         raise ValueError(f"only {int(mask.sum())} genes are expressed; biossl needs at least 2.")
     params = {
@@ -258,6 +354,7 @@ def plan_setup(
         "n_top_genes": int(n_top_genes),
         "n_genes": int(mask.sum()),
         "gene_hash": gene_hash(adata.var_names[mask]),
+        **how,
     }
     return mask, params
 
