@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,7 +28,10 @@ __all__ = ["main"]
 MODEL_KINDS = ("auto", "vae", "ae", "pca")
 DEMO_H5AD, DEMO_PNG = "pbmc3k_annotated.h5ad", "pbmc3k_umap.png"
 _DEBUG = "biossl.debug"
-_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
+_THREADS_HELP = (
+    "Threads for torch, BLAS and numba [default: the CPUs biossl may use: CPU affinity, cgroup quota, "
+    "SLURM_CPUS_PER_TASK]."
+)
 
 
 class CliError(click.ClickException):
@@ -193,36 +195,17 @@ def _check_model_option(model: str, save_model: str | None) -> str:
     return model
 
 
-@contextlib.contextmanager
-def _threads(n: int | None, *, torch: bool = True) -> Iterator[None]:
-    """Limit torch, BLAS/OpenMP (env vars and threadpoolctl) and numba to ``n`` threads, then restore."""
-    if n is None:
-        yield
-        return
-    saved = {k: os.environ.get(k) for k in (*_THREAD_ENV, "NUMBA_NUM_THREADS")}
-    # env vars only take effect for libraries not yet loaded (a fresh CLI process: all of them)
-    os.environ.update({k: str(n) for k in _THREAD_ENV})
-    if "numba" not in sys.modules:  # numba refuses more threads than cores
-        os.environ["NUMBA_NUM_THREADS"] = str(min(n, os.cpu_count() or 1))
-    try:
-        with contextlib.ExitStack() as stack:
-            with contextlib.suppress(ImportError):
-                from threadpoolctl import threadpool_limits
+def _threads(n: int | None):
+    """Limit torch, BLAS/OpenMP and numba to ``--threads``, by default to the CPUs this process may use.
 
-                stack.enter_context(threadpool_limits(limits=n))
-            if torch:
-                import torch as _torch
+    Entered before any work, so the environment variables reach the libraries the command loads later.
+    """
+    from ._threads import available_cpus, default_threads, limit_threads
 
-                previous = _torch.get_num_threads()
-                _torch.set_num_threads(n)
-                stack.callback(_torch.set_num_threads, previous)
-            yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    how = "--threads" if n is not None else f"default; {available_cpus()} CPUs available"
+    n = default_threads() if n is None else n
+    logging.getLogger("biossl").info("threads: %d (%s)", n, how)
+    return limit_threads(n)
 
 
 @contextlib.contextmanager
@@ -348,7 +331,7 @@ def _model_options(*, save: bool = True) -> Callable[[Callable], Callable]:
             click.option(
                 "--threads",
                 type=click.IntRange(min=1),
-                help="Threads for torch and BLAS [default: the libraries' own choice].",
+                help=_THREADS_HELP,
             ),
         ]
         if save:
@@ -573,7 +556,7 @@ def _annotate_with_reference(
 @click.option("--max-steps", type=click.IntRange(min=1), default=3000, show_default=True, help="Training budget.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), help="Threads for torch and BLAS.")
+@click.option("--threads", type=click.IntRange(min=1), help=_THREADS_HELP)
 @_common
 @_guarded
 def fit_reference(
@@ -786,7 +769,7 @@ def evaluate(
     help="Directory for the outputs (the demo's own files in it are overwritten).",
 )  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the label split and the embedding.")
-@click.option("--threads", type=click.IntRange(min=1), help="Threads for torch and BLAS.")
+@click.option("--threads", type=click.IntRange(min=1), help=_THREADS_HELP)
 @_common
 @_guarded
 def demo(out_dir, seed, threads) -> None:
@@ -861,7 +844,7 @@ def demo(out_dir, seed, threads) -> None:
 @click.option("--max-steps", type=click.IntRange(min=1), default=3000, show_default=True,
               help="VAE training budget when no --model is given.")  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (training, folds).")
-@click.option("--threads", type=click.IntRange(min=1), help="Threads for torch and BLAS.")
+@click.option("--threads", type=click.IntRange(min=1), help=_THREADS_HELP)
 @_common
 @_guarded
 def genes(
@@ -1254,7 +1237,7 @@ def _tsv(rows: list[dict]) -> str:
 @click.option("--truth-key", metavar="KEY", help="obs column with true labels: adds macro-F1 on unlabelled cells.")
 @click.option("--key", default="biossl", show_default=True, help="key_added used by annotate.")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
-@click.option("--threads", type=click.IntRange(min=1), help="Threads for BLAS/numba (UMAP).")
+@click.option("--threads", type=click.IntRange(min=1), help=_THREADS_HELP)
 @_common
 @_guarded
 def summarize(input_path, tsv_path, labels_tsv, png_path, sample, truth_key, key, force, threads) -> None:
@@ -1263,7 +1246,7 @@ def summarize(input_path, tsv_path, labels_tsv, png_path, sample, truth_key, key
     outputs = {"--tsv": tsv_path, "--labels-tsv": labels_tsv, "--png": png_path}
     _check_io(input_path, outputs, force=force)
     sample = sample or Path(input_path).name.split(".")[0]
-    with _threads(threads, torch=False):
+    with _threads(threads):
         from ._io import write_text_atomic
 
         adata = _read(input_path)
