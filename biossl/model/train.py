@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
+import os
 import sys
+import time
 
 import numpy as np
 import scipy.sparse as sp
@@ -47,14 +50,19 @@ def onehot(batch: np.ndarray, n_batches: int, device: torch.device) -> torch.Ten
     return out
 
 
-def _progress(total: int, enabled: bool | None, desc: str):
+def _progress(total: int, enabled: bool | None, desc: str, unit: str = "it"):
+    """A tqdm bar on stderr when it is a terminal (or ``enabled=True``); else None."""
     if enabled is None:
         enabled = sys.stderr.isatty()
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, leave=False, file=sys.stderr)
+    size = {}
+    with contextlib.suppress(AttributeError, ValueError, OSError):
+        if 0 in os.get_terminal_size(sys.stderr.fileno()):  # a terminal without a size: tqdm would hide the bar
+            size = {"ncols": 100, "nrows": 24}
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stderr, **size)
 
 
 def _deterministic_on_cpu(fn):
@@ -77,6 +85,11 @@ def _deterministic_on_cpu(fn):
             torch.use_deterministic_algorithms(previous)
 
     return wrapper
+
+
+def _loss_text(train_loss: float, val_losses: list[float]) -> str:
+    held_out = f", held-out {val_losses[-1]:.4g}" if val_losses else ""
+    return f"loss {train_loss:.4g}{held_out}"
 
 
 @_deterministic_on_cpu
@@ -141,9 +154,15 @@ def train(
     history: dict[str, list] = {"step": [], "train_loss": [], "val_loss": []}
     best, best_state, bad = math.inf, None, 0
     order, pos = rng.permutation(train_idx), 0
-    bar = _progress(max_steps, progress, "training")
+    logger.info(
+        "training %s: up to %d steps of %d cells (%d cells, %d held out), %d genes, %s, torch threads %d",
+        "VAE" if module.variational else "autoencoder", max_steps, batch_size, len(train_idx), n_val, X.shape[1],
+        device, torch.get_num_threads(),
+    )  # fmt: skip
+    start = time.perf_counter()
+    bar = _progress(max_steps, progress, "training", unit="step")
     module.train()
-    running, steps_done = 0.0, 0
+    running, steps_done, since_eval = 0.0, 0, 0
     for step in range(1, max_steps + 1):
         if pos + batch_size > len(order):
             order, pos = rng.permutation(train_idx), 0
@@ -158,15 +177,17 @@ def train(
         torch.nn.utils.clip_grad_norm_(trained, 10.0)
         opt.step()
         running += float(loss.detach())
-        steps_done = step
+        steps_done, since_eval = step, since_eval + 1
         if bar is not None:
+            if step % 10 == 0:
+                bar.set_postfix_str(_loss_text(running / since_eval, history["val_loss"]), refresh=False)
             bar.update(1)
         if step % eval_every == 0 or step == max_steps:
             vl = val_loss() if n_val else running / eval_every
             history["step"].append(step)
             history["train_loss"].append(running / eval_every)
             history["val_loss"].append(vl)
-            running = 0.0
+            running, since_eval = 0.0, 0
             if step >= warm:  # the ELBO is comparable only once the KL weight has reached 1
                 if vl < best - 1e-4 * abs(best if math.isfinite(best) else 1.0):
                     best, bad = vl, 0
@@ -180,7 +201,7 @@ def train(
     if best_state is not None:
         module.load_state_dict(best_state)
     module.eval()
-    logger.info("trained %d steps, best held-out loss %.2f", steps_done, best)
+    logger.info("trained %d steps in %.1f s, best held-out loss %.2f", steps_done, time.perf_counter() - start, best)
     return {
         "steps": steps_done,
         "best_val_loss": float(best) if math.isfinite(best) else float("nan"),
