@@ -17,7 +17,7 @@ from anndata import AnnData
 
 from ._record import gene_hash, get_record, record
 
-__all__ = ["setup"]
+__all__ = ["map_genes", "setup"]
 
 logger = logging.getLogger("biossl")
 
@@ -378,3 +378,66 @@ def ensure_setup(adata: AnnData, batch_key: str | None = None) -> tuple[np.ndarr
         return adata.var[HVG_KEY].to_numpy(dtype=bool), rec, False
     mask, params = plan_setup(adata, batch_key=batch_key)
     return mask, params, True
+
+
+def map_genes(
+    adata: AnnData,
+    gene_map,
+    *,
+    gene_key: str | None = None,
+    min_overlap: float = 0.1,
+    copy: bool = False,
+) -> AnnData | None:
+    """Rename genes through an ortholog table (e.g. human symbols to mouse ones), keeping one-to-one pairs.
+
+    Use it to bring two species (or two gene annotations) into one gene space before concatenating them, or
+    pass the same ``gene_map`` to :func:`biossl.tl.map_query` to map a query onto a reference of another
+    species. Genes without a one-to-one partner are dropped; how many, and how many ambiguous pairs the table
+    held, is recorded.
+
+    Parameters
+    ----------
+    adata
+        Cells × genes.
+    gene_map
+        A dict (old → new identifier), a two-column TSV/CSV with a header line, or a built-in table:
+        ``"human_to_mouse"`` / ``"mouse_to_human"`` (Ensembl one-to-one orthologs, 17,049 pairs; source and
+        licence in ``example_data/orthologs/README.md``).
+    gene_key
+        ``var`` column holding the identifiers to rename (default ``var_names``).
+    min_overlap
+        Refuse when fewer than this fraction of the genes can be renamed (a table for the wrong species or
+        identifier type).
+    copy
+        Return a renamed copy instead of changing ``adata``.
+
+    Returns
+    -------
+    None or a copy. ``adata`` keeps the renamed genes only; ``var_names`` are the new identifiers,
+    ``var["biossl_source_gene"]`` the old ones, ``uns["biossl"]["map_genes"]`` the report.
+    """
+    from ._check import check_fraction
+    from ._genemap import gene_ids, read_gene_map, rename_genes
+
+    check_copy(adata, copy)
+    if not isinstance(adata, AnnData):
+        raise ValueError(f"expected an AnnData object, got {type(adata).__name__}")
+    min_overlap = check_fraction("min_overlap", min_overlap)
+    one_to_one, report = read_gene_map(gene_map)
+    old = gene_ids(adata, gene_key)
+    new, report = rename_genes(old, one_to_one, report)
+    keep = new != None  # noqa: E711 (elementwise on an object array)
+    if report["fraction_renamed"] < min_overlap or keep.sum() < 2:
+        raise ValueError(
+            f"gene_map renames only {int(keep.sum())} of {len(old)} genes ({report['fraction_renamed']:.0%}; "
+            f"unmapped e.g. {', '.join(report['unmapped_examples'][:3])}); check that the table's first column uses "
+            "the same identifiers (species, symbols vs Ensembl ids) as the data."
+        )
+    adata = adata.copy() if copy else adata
+    source = old[keep]
+    adata._inplace_subset_var(np.flatnonzero(keep))
+    adata.var["biossl_source_gene"] = np.asarray(source, dtype=str)
+    adata.var_names = pd.Index(new[keep].astype(str))
+    record(adata, "map_genes", report)
+    logger.info("map_genes: %d of %d genes renamed (%s)", report["n_renamed"], report["n_genes"], report["gene_map"])
+    return adata if copy else None

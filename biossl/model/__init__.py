@@ -16,6 +16,7 @@ import torch
 from anndata import AnnData
 
 from .._backed import RowReader, is_backed_matrix
+from .._genemap import gene_ids
 from .io import FORMAT_VERSION, WEIGHTS, read_config, read_weights, write_dir_atomic
 from .train import onehot, resolve_device, rows_to_tensor, train
 from .vae import CountAutoencoder
@@ -27,18 +28,6 @@ logger = logging.getLogger("biossl")
 KINDS = ("vae", "ae")
 
 
-def gene_ids(adata: AnnData, gene_key: str | None = None) -> pd.Index:
-    """Gene identifiers of ``adata``: ``var_names`` or the column ``var[gene_key]`` (e.g. Ensembl ids)."""
-    if gene_key is None:
-        return adata.var_names.astype(str)
-    if gene_key not in adata.var:
-        raise ValueError(f"gene_key={gene_key!r} is not a column of adata.var (have: {list(adata.var.columns)[:10]}).")
-    col = adata.var[gene_key]
-    if col.isna().any():
-        raise ValueError(f"adata.var[{gene_key!r}] has {int(col.isna().sum())} missing gene ids.")
-    return pd.Index(col.astype(str))
-
-
 def align_genes(
     adata: AnnData,
     genes: list[str],
@@ -47,17 +36,26 @@ def align_genes(
     min_overlap: float = 0.5,
     case_sensitive: bool = True,
     gene_key: str | None = None,
+    gene_map=None,
 ) -> tuple[sp.csr_matrix, np.ndarray, dict]:
     """Counts of ``adata`` in the order of ``genes`` (missing genes zero-filled).
 
     For a backed ``adata`` the counts come back as a :class:`biossl._backed.RowReader` (rows read from
     disk when indexed) instead of a CSR matrix.
 
-    Genes are matched on ``var_names`` or ``var[gene_key]``, optionally ignoring case. Returns the CSR
+    Genes are matched on ``var_names`` or ``var[gene_key]``, optionally ignoring case, after renaming them
+    through ``gene_map`` (one-to-one pairs, :func:`biossl._genemap.read_gene_map`) when given. Returns the CSR
     matrix, a 0/1 mask of genes present, and an overlap report. Raises ValueError when fewer than
     ``min_overlap`` of ``genes`` are found.
     """
     names = gene_ids(adata, gene_key)
+    rename_report = None
+    if gene_map is not None:
+        from .._genemap import read_gene_map, rename_genes
+
+        new, rename_report = rename_genes(names, *read_gene_map(gene_map))
+        # a gene without a one-to-one partner gets a name no model gene has (unique, so the lookup stays valid)
+        names = pd.Index([n if n is not None else f"\0unmapped:{g}" for n, g in zip(new, names, strict=True)])
     key = (lambda s: s) if case_sensitive else (lambda s: s.upper())
     lookup = pd.Index([key(g) for g in names])
     if not lookup.is_unique:
@@ -77,6 +75,8 @@ def align_genes(
         "fraction_matched": float(present.mean()),
         "missing_examples": [str(g) for g in np.asarray(genes)[~present][:10]],
     }
+    if rename_report is not None:
+        report["gene_map"] = {k: v for k, v in rename_report.items() if k != "unmapped_examples"}
     if present.mean() < min_overlap:
         raise ValueError(
             f"only {present.sum()} of the model's {n_model} genes are in the data ({present.mean():.0%} < "

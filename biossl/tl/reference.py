@@ -225,6 +225,7 @@ def map_query(
     min_overlap: float = 0.5,
     case_sensitive: bool = True,
     gene_key: str | None = None,
+    gene_map=None,
     seed: int = 0,
     device: str = "auto",
     progress: bool | None = None,
@@ -278,6 +279,11 @@ def map_query(
         Match gene names exactly; False ignores case.
     gene_key
         ``var`` column holding the identifiers to match (default ``var_names``).
+    gene_map
+        Rename the query's genes into the reference's namespace first, e.g. ``"human_to_mouse"`` for a human
+        query on a mouse reference: a dict, a two-column table file with a header, or a built-in name (see
+        :func:`biossl.pp.map_genes`). Only one-to-one pairs are used; the counts of renamed genes and of
+        ambiguous pairs go to ``uns["biossl"]["gene_overlap"]["gene_map"]``.
     seed, device, progress
         As in :func:`biossl.tl.embed`.
     copy
@@ -315,7 +321,13 @@ def map_query(
     model = reference.model
     where = find_counts(adata)
     X, present, overlap = align_genes(
-        adata, model.genes, counts=where, min_overlap=min_overlap, case_sensitive=case_sensitive, gene_key=gene_key
+        adata,
+        model.genes,
+        counts=where,
+        min_overlap=min_overlap,
+        case_sensitive=case_sensitive,
+        gene_key=gene_key,
+        gene_map=gene_map,
     )
     batch = check_batch(adata, batch_key)
     codes, new = _query_batches(model, batch, adata.n_obs)
