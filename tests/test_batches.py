@@ -12,7 +12,7 @@ import biossl
 from biossl import graph
 from biossl.graph import MIXING_MIN
 from biossl.metrics import macro_f1
-from biossl.tl.embed import _pca_scaled_per_batch
+from biossl.tl._pca import _pca_scaled_per_batch
 
 
 def _two_technologies(adata: AnnData, seed: int = 0) -> AnnData:

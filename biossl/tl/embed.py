@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from anndata import AnnData
 
-from .. import graph
 from .._check import check_int
 from .._record import record, versions
 from ..pp import check_batch, check_copy, ensure_setup, write_setup
+from ._pca import BATCH_CORRECTIONS, pca_latent
 
 if TYPE_CHECKING:
     from ..model import EmbeddingModel
@@ -130,9 +130,7 @@ def embed(
         if save_model is not None or return_model:
             raise ValueError("model='pca' has no trained model to save or return; use model='vae'.")
         n_comps = 50 if n_latent is None else n_latent
-        latent, correction = _pca_with_batches(
-            adata, mask, setup_params["counts"], n_comps, seed, batch, batch_correction
-        )
+        latent, correction = _pca(adata, mask, setup_params["counts"], n_comps, seed, batch, batch_correction)
         params = {
             "model": "pca",
             "n_latent": latent.shape[1],
@@ -214,59 +212,8 @@ def _write(adata, latent, mask, setup_params, setup_pending, params, key_added, 
     return adata if copy else None
 
 
-BATCH_CORRECTIONS = ("auto", "none", "scale")
-MIXING_MAX_CELLS = 20_000  # the diagnostic's kNN graph is built on at most this many cells (a seeded sample)
-
-
-def _pca_with_batches(adata, mask, counts_key, n_comps, seed, batch, batch_correction) -> tuple[np.ndarray, dict]:
-    """PCA latent and what was done about batches: pooled, or scaled per batch when asked or when they do not mix."""
-    if batch is None or batch.nunique() < 2 or batch_correction == "none":
-        latent = _pca(adata, mask, counts_key, n_comps, seed)
-        return latent, ({} if batch is None or batch.nunique() < 2 else {"batch_correction": "none"})
-    batch = batch.to_numpy().astype(str)
-    info: dict = {}
-    if batch_correction == "auto":
-        latent = _pca(adata, mask, counts_key, n_comps, seed)
-        info["batch_mixing"] = {"pooled": _mixing(latent, batch, seed)}
-        pooled = info["batch_mixing"]["pooled"]["score"]
-        if pooled >= graph.MIXING_MIN:
-            logger.info("embed: batches mix in the pooled PCA (mixing score %.2f); no correction", pooled)
-            return latent, {**info, "batch_correction": "none"}
-    latent = _pca(adata, mask, counts_key, n_comps, seed, batch=batch)
-    info["batch_mixing"] = {**info.get("batch_mixing", {}), "scaled": _mixing(latent, batch, seed)}
-    if batch_correction == "auto":
-        logger.warning(
-            "embed: batches do not mix in the pooled PCA (mixing score %.2f < %.2f); genes scaled per batch "
-            "(mixing score %.2f)",
-            info["batch_mixing"]["pooled"]["score"],
-            graph.MIXING_MIN,
-            info["batch_mixing"]["scaled"]["score"],
-        )
-    return latent, {**info, "batch_correction": "scale"}
-
-
-def _mixing(latent: np.ndarray, batch: np.ndarray, seed: int, n_neighbors: int = 15) -> dict:
-    """:func:`biossl.graph.batch_mixing` of a kNN graph on ``latent`` (a seeded sample of cells when there are many)."""
-    n = latent.shape[0]
-    if n > MIXING_MAX_CELLS:
-        keep = np.sort(np.random.default_rng(seed).choice(n, MIXING_MAX_CELLS, replace=False))
-        latent, batch = latent[keep], batch[keep]
-    k = int(min(n_neighbors, latent.shape[0] - 1))
-    idx, _ = graph.knn(latent, k, seed=seed)
-    return graph.batch_mixing(idx, batch)
-
-
-def _pca(adata: AnnData, mask, counts_key: str, n_comps: int, seed: int, batch: np.ndarray | None = None):
-    """PCA of the selected genes after scanpy's normalize_total (1e4), log1p and unit-variance scaling.
-
-    The matrix stays sparse: genes are scaled without centring (values clipped where the centred value
-    would exceed 10, as ``sc.pp.scale(max_value=10)`` does) and PCA centres implicitly, so memory stays
-    O(nnz) (``sc.pp.scale`` would densify it).
-    """
-    import numpy as np
-    import scanpy as sc
-    import scipy.sparse as sp
-
+def _pca(adata: AnnData, mask, counts_key: str, n_comps: int, seed: int, batch, batch_correction: str):
+    """PCA latent of the selected genes (:func:`biossl.tl._pca.pca_latent`) and what was done about batches."""
     from ..pp import counts_matrix
 
     if adata.isbacked and counts_key == "X":  # only the selected genes are loaded, in chunks
@@ -275,64 +222,8 @@ def _pca(adata: AnnData, mask, counts_key: str, n_comps: int, seed: int, batch: 
         X = RowReader(adata.X, columns=np.flatnonzero(mask)).to_csr()
     else:
         X = counts_matrix(adata, counts_key)[:, np.flatnonzero(mask)]
-    tmp = AnnData(X=sp.csr_matrix(X, dtype=np.float32))
-    sc.pp.normalize_total(tmp, target_sum=1e4)
-    sc.pp.log1p(tmp)
-    if batch is not None:
-        return _pca_scaled_per_batch(tmp.X, batch, n_comps)
-    mean = np.asarray(tmp.X.mean(0)).ravel()
-    var = np.asarray(tmp.X.multiply(tmp.X).mean(0)).ravel() - mean**2
-    std = np.sqrt(np.maximum(var, 1e-12))
-    X = sp.csr_matrix(tmp.X @ sp.diags(1.0 / std))
-    X.data = np.minimum(X.data, (10.0 + mean / std)[X.indices]).astype(np.float32)
-    tmp.X = X
-    n_comps = int(min(n_comps, tmp.n_obs - 1, tmp.n_vars - 1))
-    sc.tl.pca(tmp, n_comps=n_comps, random_state=seed)
-    return np.asarray(tmp.obsm["X_pca"], dtype=np.float32)
-
-
-def _pca_scaled_per_batch(X, batch: np.ndarray, n_comps: int) -> np.ndarray:
-    """PCA of log-normalised ``X`` (sparse) after scaling each gene within each batch to zero mean, unit variance.
-
-    Genes not detected in every batch (a gene panel or annotation that differs) are left out. The centred
-    matrix is never formed: the gene × gene covariance is summed batch by batch from ``X_b^T X_b`` and the
-    batch means, and the scores are ``X_b (s_b V) - m_b^T (s_b V)``, so memory stays O(nnz + genes^2).
-    Values are clipped at 10 standard deviations above the batch mean, as ``sc.pp.scale(max_value=10)`` does.
-    """
-    import scipy.sparse as sp
-
-    X = sp.csr_matrix(X, dtype=np.float64)
-    names, codes = np.unique(batch, return_inverse=True)
-    rows = [np.flatnonzero(codes == b) for b in range(len(names))]
-    detected = np.vstack([np.asarray((X[r] > 0).mean(0)).ravel() for r in rows])
-    keep = (detected > 0).all(0) & (detected.min(0) >= 1e-3)
-    if keep.sum() < 2 * n_comps:  # too few shared genes to drop the rest: keep every gene expressed somewhere
-        keep = (detected > 0).any(0)
-    X = X[:, np.flatnonzero(keep)]
-    n_genes = X.shape[1]
-    means, scales, blocks = [], [], []
-    cov = np.zeros((n_genes, n_genes))
-    for r in rows:
-        Xb = X[r]
-        m = np.asarray(Xb.mean(0)).ravel()
-        sd = np.sqrt(np.maximum(np.asarray(Xb.multiply(Xb).mean(0)).ravel() - m**2, 0.0))
-        s = np.where(sd > 1e-8, 1.0 / np.maximum(sd, 1e-8), 0.0)
-        Xb = Xb.tocsr(copy=True)
-        Xb.data = np.minimum(Xb.data, (m + 10.0 * sd)[Xb.indices])
-        gram = (Xb.T @ Xb).toarray() - len(r) * np.outer(m, m)
-        cov += gram * np.outer(s, s)
-        means.append(m)
-        scales.append(s)
-        blocks.append(Xb)
-    n_comps = int(min(n_comps, X.shape[0] - 1, n_genes - 1))
-    evecs = np.linalg.eigh(cov)[1]
-    V = evecs[:, ::-1][:, :n_comps]
-    V *= np.sign(V[np.abs(V).argmax(0), np.arange(n_comps)])  # one sign per component, for reproducible output
-    latent = np.zeros((X.shape[0], n_comps))
-    for r, Xb, m, s in zip(rows, blocks, means, scales, strict=True):
-        sV = s[:, None] * V
-        latent[r] = Xb @ sV - m @ sV
-    return latent.astype(np.float32)
+    batch = None if batch is None else batch.to_numpy().astype(str)
+    return pca_latent(X, n_comps, seed, batch=batch, batch_correction=batch_correction)
 
 
 def _load(path, device: str) -> EmbeddingModel:
