@@ -113,3 +113,27 @@ def test_batch_correction_is_checked(pbmc_small, unchanged):
             biossl.tl.embed(pbmc_small, batch_correction="harmony")
         with pytest.raises(ValueError, match="applies to the PCA embedding"):
             biossl.tl.embed(pbmc_small, model="vae", batch_correction="scale")
+
+
+@pytest.mark.parametrize("held_out", [None, "B"])
+def test_map_query_holds_under_a_strong_shift(_strong, held_out):
+    # the frozen model aligns another technology only roughly: refining the calls on the query's own graph
+    # keeps known types known, and a type absent from the reference is still called Unknown
+    is_b = (_strong.obs["batch"] == "tech_B").to_numpy()
+    truth = _strong.obs["cell_type"].astype(str).to_numpy()
+    in_ref = ~is_b & (truth != held_out)
+    ref = _strong[in_ref].copy()
+    reference = biossl.tl.fit_reference(ref, "cell_type", batch_key="batch", max_steps=1000, progress=False)
+    query = _strong[is_b].copy()
+    known = truth[is_b] != held_out
+    calls = {}
+    for refine in (False, True):
+        q = query.copy()
+        biossl.tl.map_query(q, reference, batch_key="batch", refine=refine, progress=False)
+        calls[refine] = q.obs["biossl_label"].astype(str).to_numpy()
+    f1 = {r: macro_f1(truth[is_b][known], c[known]) for r, c in calls.items()}
+    unknown = {r: float(np.mean(c[known] == "Unknown")) for r, c in calls.items()}
+    assert f1[True] > f1[False] + 0.03
+    assert unknown[True] < 0.05 < unknown[False]
+    if held_out is not None:
+        assert np.mean(calls[True][~known] == "Unknown") > 0.7
