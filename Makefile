@@ -41,7 +41,7 @@ $(BENCH_STAMP): pyproject.toml constraints.txt
 	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(BENCH_VENV)/bin/python -m pip install --quiet -c constraints.txt torch==2.13.0
 	$(BENCH_VENV)/bin/python -m pip install --quiet -c constraints.txt -e . scvi-tools celltypist \
-		"scikit-learn<1.8" pynndescent==0.5.13
+		"scikit-learn<1.8" pynndescent==0.5.13 harmonypy bbknn
 	touch $(BENCH_STAMP)
 
 clean-venv:
