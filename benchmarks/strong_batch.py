@@ -298,7 +298,7 @@ def markdown(summary: dict) -> str:
         lines.append("|---" * (len(by_setting) + 2) + "|")
         for m in names:
             cells = []
-            for setting, table in by_setting.items():
+            for table in by_setting.values():
                 c = table.get(m)
                 if c is None:
                     cells.append("—")
