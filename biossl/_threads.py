@@ -12,26 +12,35 @@ import math
 import os
 import sys
 from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
 
-__all__ = ["available_cpus", "default_threads", "limit_threads"]
+__all__ = ["available_cpus", "default_threads", "limit_threads", "training_threads"]
 
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+# a 2nd torch thread speeds VAE steps a bit when idle, stalls them beside a busy job (benchmarks/results/threads.json)
+TRAINING_THREADS = 1
+# the limit of the innermost limit_threads block: (threads, chosen by the user rather than biossl's default)
+_LIMIT: ContextVar[tuple[int, bool] | None] = ContextVar("biossl_thread_limit", default=None)
 
 
 def _cgroup_dirs(root: Path, proc_cgroup: Path) -> list[tuple[int, Path]]:
-    """(cgroup version, directory) of this process's cgroups that may hold a CPU quota, own group first."""
+    """(cgroup version, directory) of this process's cgroups and their parents, where a CPU quota may be set."""
+
+    def with_parents(base: Path, rel: str) -> list[Path]:
+        parts = [p for p in rel.split("/") if p]
+        return [base.joinpath(*parts[:i]) for i in range(len(parts), -1, -1)]
+
     dirs: list[tuple[int, Path]] = []
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError, ValueError):
         for line in proc_cgroup.read_text().splitlines():
             hid, controllers, path = line.split(":", 2)
-            rel = path.lstrip("/")
             if hid == "0" and controllers == "":
-                dirs += [(2, root / rel), (2, root)]
+                dirs += [(2, d) for d in with_parents(root, path)]
             elif "cpu" in controllers.split(","):
                 for name in (controllers, "cpu", "cpu,cpuacct"):
-                    dirs += [(1, root / name / rel), (1, root / name)]
+                    dirs += [(1, d) for d in with_parents(root / name, path)]
     return [*dirs, (2, root), (1, root / "cpu"), (1, root / "cpu,cpuacct")]
 
 
@@ -76,12 +85,12 @@ def available_cpus() -> int:
 
 
 def default_threads() -> int:
-    """The thread count biossl uses when none is given: :func:`available_cpus`."""
+    """The thread count biossl uses when none is given: :func:`available_cpus` (training: :func:`training_threads`)."""
     return available_cpus()
 
 
 @contextlib.contextmanager
-def limit_threads(n: int | None, *, torch: bool | None = None) -> Iterator[None]:
+def limit_threads(n: int | None, *, torch: bool | None = None, chosen: bool = True) -> Iterator[None]:
     """Limit torch, BLAS/OpenMP and numba to ``n`` threads for the duration, then restore them.
 
     Parameters
@@ -91,6 +100,9 @@ def limit_threads(n: int | None, *, torch: bool | None = None) -> Iterator[None]
     torch
         True: set torch's intra-op threads (importing torch); None: only if torch is already imported;
         False: leave torch alone.
+    chosen
+        False when ``n`` is biossl's default rather than the user's choice: :func:`training_threads` then
+        still applies its own cap.
 
     BLAS and OpenMP libraries already loaded are limited with threadpoolctl; the ``OMP_NUM_THREADS`` family
     of environment variables covers those loaded inside the block. numba is limited with
@@ -101,6 +113,7 @@ def limit_threads(n: int | None, *, torch: bool | None = None) -> Iterator[None]
         return
     n = max(1, int(n))
     saved = {k: os.environ.get(k) for k in (*THREAD_ENV, "NUMBA_NUM_THREADS")}
+    token = _LIMIT.set((n, chosen))
     os.environ.update({k: str(n) for k in THREAD_ENV})
     if "numba" not in sys.modules:  # read once at numba's import; numba refuses more threads than cores
         os.environ["NUMBA_NUM_THREADS"] = str(min(n, os.cpu_count() or 1))
@@ -121,8 +134,37 @@ def limit_threads(n: int | None, *, torch: bool | None = None) -> Iterator[None]
                 numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
             yield
     finally:
+        _LIMIT.reset(token)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@contextlib.contextmanager
+def training_threads(torch_threads_at_import: int) -> Iterator[int]:
+    """Cap torch's intra-op threads at :data:`TRAINING_THREADS` for a training loop, unless the user chose them.
+
+    The user chose them with ``--threads`` / :func:`limit_threads`, ``OMP_NUM_THREADS`` or
+    ``MKL_NUM_THREADS`` in the environment, or ``torch.set_num_threads`` (a count other than
+    ``torch_threads_at_import``, torch's own when biossl imported it). Yields the count in effect.
+    """
+    import torch
+
+    current = torch.get_num_threads()
+    limit = _LIMIT.get()
+    if limit is not None:
+        chosen = limit[1]
+    else:
+        in_env = any(os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"))
+        chosen = in_env or current != torch_threads_at_import
+    n = current if chosen else min(current, TRAINING_THREADS)
+    if n == current:
+        yield n
+        return
+    torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(current)

@@ -29,8 +29,8 @@ MODEL_KINDS = ("auto", "vae", "ae", "pca")
 DEMO_H5AD, DEMO_PNG = "pbmc3k_annotated.h5ad", "pbmc3k_umap.png"
 _DEBUG = "biossl.debug"
 _THREADS_HELP = (
-    "Threads for torch, BLAS and numba [default: the CPUs biossl may use: CPU affinity, cgroup quota, "
-    "SLURM_CPUS_PER_TASK]."
+    "Threads for torch, BLAS and numba [default: the CPUs biossl may use (CPU affinity, cgroup quota, "
+    "SLURM_CPUS_PER_TASK), with one torch thread for training the VAE]."
 )
 
 
@@ -202,10 +202,11 @@ def _threads(n: int | None):
     """
     from ._threads import available_cpus, default_threads, limit_threads
 
-    how = "--threads" if n is not None else f"default; {available_cpus()} CPUs available"
-    n = default_threads() if n is None else n
+    chosen = n is not None
+    how = "--threads" if chosen else f"default; {available_cpus()} CPUs available"
+    n = n if chosen else default_threads()
     logging.getLogger("biossl").info("threads: %d (%s)", n, how)
-    return limit_threads(n)
+    return limit_threads(n, chosen=chosen)
 
 
 @contextlib.contextmanager

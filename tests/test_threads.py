@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -31,6 +32,13 @@ def _cgroup_v2(tmp_path: Path, cpu_max: str, own: str | None = None) -> tuple[Pa
 def test_cgroup_v2_quota(tmp_path, cpu_max, expected):
     root, proc = _cgroup_v2(tmp_path, cpu_max)
     assert cgroup_cpu_limit(root, proc) == expected
+
+
+def test_cgroup_v2_quota_of_a_parent_group(tmp_path):
+    root, proc = _cgroup_v2(tmp_path, "300000 100000\n", own="0::/job.slice/step_0/task\n")
+    (root / "job.slice" / "step_0" / "task").mkdir(parents=True)
+    (root / "job.slice" / "step_0" / "task" / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_limit(root, proc) == 3
 
 
 def test_cgroup_v1_quota(tmp_path):
@@ -115,3 +123,37 @@ def test_cli_default_threads_come_from_the_job_allocation(_pbmc_small, tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.splitlines()[0].startswith("info: threads: 1 (default; 1 CPUs available)")
     assert "torch threads 1" in proc.stderr
+
+
+@pytest.fixture
+def torch_two_threads(monkeypatch):
+    import torch
+
+    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(key, raising=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield torch
+    torch.set_num_threads(before)
+
+
+def test_training_caps_torch_threads_nobody_chose(torch_two_threads):
+    torch = torch_two_threads
+    with _threads.training_threads(torch_threads_at_import=2) as n:
+        assert n == torch.get_num_threads() == _threads.TRAINING_THREADS
+    assert torch.get_num_threads() == 2
+    with limit_threads(2, chosen=False), _threads.training_threads(torch_threads_at_import=2) as n:
+        assert n == _threads.TRAINING_THREADS  # the CLI's default is biossl's choice, not the user's
+
+
+@pytest.mark.parametrize("how", ["limit_threads", "env", "set_num_threads"])
+def test_training_keeps_torch_threads_the_user_chose(torch_two_threads, monkeypatch, how):
+    torch = torch_two_threads
+    with contextlib.ExitStack() as stack:
+        if how == "limit_threads":
+            stack.enter_context(limit_threads(2))
+        elif how == "env":
+            monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        at_import = 4 if how == "set_num_threads" else 2
+        with _threads.training_threads(torch_threads_at_import=at_import) as n:
+            assert n == torch.get_num_threads() == 2

@@ -14,9 +14,12 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from .._threads import training_threads
 from .vae import CountAutoencoder
 
 logger = logging.getLogger("biossl")
+
+_TORCH_THREADS_AT_IMPORT = torch.get_num_threads()  # torch's own default, unless set before biossl loaded torch
 
 
 def resolve_device(device: str) -> torch.device:
@@ -87,11 +90,23 @@ def _deterministic_on_cpu(fn):
     return wrapper
 
 
+def _capped_threads(fn):
+    """Run ``fn`` with torch's intra-op threads capped for training (:func:`biossl._threads.training_threads`)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with training_threads(_TORCH_THREADS_AT_IMPORT):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 def _loss_text(train_loss: float, val_losses: list[float]) -> str:
     held_out = f", held-out {val_losses[-1]:.4g}" if val_losses else ""
     return f"loss {train_loss:.4g}{held_out}"
 
 
+@_capped_threads
 @_deterministic_on_cpu
 def train(
     module: CountAutoencoder,
