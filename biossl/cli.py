@@ -436,23 +436,31 @@ def _exit_on_sigterm() -> None:
 @click.option(
     "--mapping-threshold",
     type=click.FloatRange(min=0.0),
-    help="With --reference: call cells 'Unknown' whose mapping score (0-1) is below this [default: 0.75]; "
-    "higher flags more cells of types the reference lacks, and more known cells with them.",
+    help="With --reference: cells whose mapping score (0-1) is below this seed the 'Unknown' calls, which are "
+    "settled on the query's own graph [default: 0.5]; 0.75 also calls novel types that sit next to a known "
+    "one, and more known cells with them.",
+)
+@click.option(
+    "--gene-map",
+    metavar="TSV",
+    help="With --reference: rename IN's genes into the reference's first, one-to-one pairs only: a two-column "
+    "TSV/CSV with a header (IN's gene, reference's gene), or human_to_mouse / mouse_to_human (built in, Ensembl).",
 )
 @_model_options()
 @_common
 @_guarded
 def annotate(
     input_path, output, force, labels_key, unlabeled_category, unknown_threshold, n_neighbors, reuse_embedding,
-    reference, mapping_threshold, model, batch_key, layer, n_latent, max_steps, seed, device, threads, save_model,
+    reference, mapping_threshold, gene_map, model, batch_key, layer, n_latent, max_steps, seed, device, threads,
+    save_model,
 ) -> None:  # fmt: skip
     """Annotate every cell of IN.h5ad from a few labelled ones (or a reference); write OUT.h5ad.
 
     Runs setup → embed → neighbors → annotate (or reuses a model with --model DIR, or the embedding
     of `biossl embed` with --reuse-embedding). Writes obs['biossl_label'], obs['biossl_confidence'],
     obsm['biossl_proba'], obsm['X_biossl'], obsp['biossl_connectivities'/'_distances'], uns['biossl'].
-    With --reference REFDIR, maps IN onto the reference (genes matched by name) and adds
-    obs['biossl_mapping_score'] and uns['biossl']['gene_overlap'].
+    With --reference REFDIR, maps IN onto the reference (genes matched by name, or renamed first with
+    --gene-map) and adds obs['biossl_mapping_score'] and uns['biossl']['gene_overlap'].
     """
     start = time.perf_counter()
     if reference is not None:
@@ -470,12 +478,14 @@ def annotate(
         _check_threshold(unknown_threshold)
         _annotate_with_reference(
             input_path, output, reference, batch_key=batch_key, unknown_threshold=unknown_threshold,
-            mapping_threshold=mapping_threshold, n_neighbors=n_neighbors, max_steps=max_steps, seed=seed,
-            device=device, threads=threads, force=force, start=start,
+            mapping_threshold=mapping_threshold, gene_map=gene_map, n_neighbors=n_neighbors, max_steps=max_steps,
+            seed=seed, device=device, threads=threads, force=force, start=start,
         )  # fmt: skip
         return
     if mapping_threshold is not None:
         raise click.UsageError("--mapping-threshold applies to --reference REFDIR only.")
+    if gene_map is not None:
+        raise click.UsageError("--gene-map applies to --reference REFDIR only.")
     if labels_key is None:
         raise click.UsageError("Missing option '--labels-key' (or give --reference REFDIR).")
     if reuse_embedding and (model != "auto" or save_model is not None):
@@ -513,13 +523,17 @@ def annotate(
 
 
 def _annotate_with_reference(
-    input_path, output, reference, *, batch_key, unknown_threshold, mapping_threshold, n_neighbors, max_steps, seed,
-    device, threads, force, start,
+    input_path, output, reference, *, batch_key, unknown_threshold, mapping_threshold, gene_map, n_neighbors, max_steps,
+    seed, device, threads, force, start,
 ) -> None:  # fmt: skip
     """``biossl annotate --reference``: map IN onto a saved reference and write OUT."""
     if not (Path(reference) / "config.json").is_file():
         raise CliError(f"--reference {reference!r} is not a biossl reference directory (no config.json in it).")
     _check_io(input_path, {"output": output}, force=force)
+    if gene_map is not None:  # read once up front, so a bad table fails fast and names the option
+        from ._genemap import read_gene_map
+
+        read_gene_map(gene_map, option="--gene-map")
     with _threads(threads):
         import biossl
 
@@ -528,6 +542,8 @@ def _annotate_with_reference(
         kwargs = {} if max_steps is None else {"fine_tune_steps": max_steps}
         if mapping_threshold is not None:
             kwargs["mapping_threshold"] = mapping_threshold
+        if gene_map is not None:
+            kwargs["gene_map"] = gene_map
         biossl.tl.map_query(
             adata, ref, batch_key=batch_key, n_neighbors=n_neighbors, unknown_threshold=unknown_threshold,
             seed=seed, device=device, progress=None, **kwargs,

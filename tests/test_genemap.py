@@ -84,3 +84,33 @@ def test_map_query_renames_a_mouse_named_query(_pbmc_full):
     overlap = mouse.uns["biossl"]["gene_overlap"]
     assert overlap["n_matched"] == human.uns["biossl"]["gene_overlap"]["n_matched"]
     assert overlap["gene_map"]["n_renamed"] == mouse.n_vars
+
+
+def test_cli_gene_map(_pbmc_full, tmp_path):
+    import anndata as ad
+    from click.testing import CliRunner
+
+    from biossl.cli import main
+
+    ref_path, query_path = tmp_path / "ref.h5ad", tmp_path / "query_mouse.h5ad"
+    _pbmc_full[:400].copy().write_h5ad(ref_path)
+    biossl.pp.map_genes(_pbmc_full[400:700].copy(), "human_to_mouse", copy=True).write_h5ad(query_path)
+    runner = CliRunner()
+    refdir, out = tmp_path / "ref", tmp_path / "out.h5ad"
+    res = runner.invoke(
+        main, ["fit-reference", str(ref_path), "--labels-key", "cell_type", "-o", str(refdir), "--max-steps", "50"]
+    )
+    assert res.exit_code == 0, res.output
+    bad = tmp_path / "one_column.tsv"
+    bad.write_text("human\nCD3E\n")
+    res = runner.invoke(main, ["annotate", str(query_path), "--reference", str(refdir), "-o", str(out),
+                               "--gene-map", str(bad)])  # fmt: skip
+    assert res.exit_code == 1 and "--gene-map" in res.output and not out.exists()
+    res = runner.invoke(main, ["annotate", str(query_path), "--labels-key", "cell_type", "-o", str(out),
+                               "--gene-map", "mouse_to_human"])  # fmt: skip
+    assert res.exit_code == 2 and "--reference REFDIR only" in res.output
+    res = runner.invoke(main, ["annotate", str(query_path), "--reference", str(refdir), "-o", str(out),
+                               "--gene-map", "mouse_to_human"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    overlap = ad.read_h5ad(out).uns["biossl"]["gene_overlap"]
+    assert overlap["gene_map"]["gene_map"] == "mouse_to_human" and overlap["fraction_matched"] > 0.7
