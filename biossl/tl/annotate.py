@@ -34,6 +34,15 @@ def label_codes(adata: AnnData, labels_key: str, unlabeled_category: str | None)
     text = col.astype(str).to_numpy()
     if unlabeled_category is not None:
         missing |= text == str(unlabeled_category)
+    # how "no label" looks once a table has been through CSV/R/pandas: never a cell type
+    values, inverse = np.unique(text, return_inverse=True)
+    blank = ~missing & np.array([v.strip().lower() in ("", "na", "nan", "none", "<na>") for v in values])[inverse]
+    if blank.any():
+        logger.warning(
+            "adata.obs[%r]: %d cells labelled %s are treated as unlabelled.",
+            labels_key, int(blank.sum()), ", ".join(repr(v) for v in sorted(set(text[blank]))),
+        )  # fmt: skip
+        missing |= blank
     classes = sorted(set(text[~missing]))
     lookup = {c: i for i, c in enumerate(classes)}
     codes = np.array([-1 if m else lookup[t] for m, t in zip(missing, text, strict=True)], dtype=np.int64)
