@@ -14,6 +14,7 @@ import functools
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +29,7 @@ __all__ = ["main"]
 MODEL_KINDS = ("auto", "vae", "ae", "pca")
 DEMO_H5AD, DEMO_PNG = "pbmc3k_annotated.h5ad", "pbmc3k_umap.png"
 _DEBUG = "biossl.debug"
+FEW_SCORED = 100  # evaluate warns when a k leaves fewer hidden cells than this to score
 _THREADS_HELP = (
     "Threads for torch, BLAS and numba [default: the CPUs biossl may use (CPU affinity, cgroup quota, "
     "SLURM_CPUS_PER_TASK), with one torch thread for training the VAE]."
@@ -43,10 +45,17 @@ class CliError(click.ClickException):
 
 
 class _EchoHandler(logging.Handler):
-    """Log records of the ``biossl`` logger as ``warning: ...`` lines on the current stderr."""
+    """Log records of the ``biossl`` logger as ``warning: ...`` lines on the current stderr (each line once)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
 
     def emit(self, record: logging.LogRecord) -> None:
-        click.echo(f"{record.levelname.lower()}: {record.getMessage()}", err=True)
+        line = f"{record.levelname.lower()}: {cli_message(record.getMessage())}"
+        if line not in self.seen:  # e.g. the label check before training and the step itself
+            self.seen.add(line)
+            click.echo(line, err=True)
 
 
 _HANDLER = _EchoHandler()
@@ -65,6 +74,37 @@ def _one_line(err: BaseException) -> str:
     return first if len(first) <= 400 else first[:397] + "..."
 
 
+# the API's messages name Python arguments; under the CLI they name the option (phrases first, then names)
+_CLI_PHRASES = (
+    ("pass case_sensitive=True", "pass --case-sensitive"),
+    ("or batch_key=None", "or drop --batch-key"),
+    ("pass overwrite=True to replace it", "pass --force to replace it"),
+    ("tl.embed(save_model=...)", "`biossl embed --save-model DIR`"),
+    ("Pass model= (e.g. the one saved by", "Pass --model DIR (e.g. the one saved by"),
+    ("; see uns['biossl_genes']['unknown_genes'].", "; the score table has no rows for them."),
+)
+_CLI_NAMES = (
+    "layer", "batch_key", "labels_key", "gene_key", "n_neighbors", "n_latent", "max_steps", "device", "model",
+    "save_model", "unknown_threshold", "mapping_threshold", "seed", "truth_key", "key_added", "gene_map",
+)  # fmt: skip
+_CLI_NAME = re.compile(rf"\b({'|'.join(_CLI_NAMES)})=(\S?)")
+_ALL_LABELLED = re.compile(r"(nothing to annotate; mark unlabelled cells as NaN) or ('.*'|None)\.$")
+
+
+def cli_message(text: str) -> str:
+    """An API message in the CLI's words: ``layer='x'`` -> ``--layer 'x'``, ``case_sensitive=True`` -> option."""
+    for python, cli in _CLI_PHRASES:
+        text = text.replace(python, cli)
+    text = _ALL_LABELLED.sub(r"\1 or as the value given to --unlabeled-category (now \2).", text)
+
+    def option(match) -> str:
+        name = "--" + match.group(1).replace("_", "-")
+        nxt = match.group(2)
+        return f"{name} {nxt}" if nxt and nxt not in ".,;)" else f"{name}{nxt}"
+
+    return _CLI_NAME.sub(option, text)
+
+
 def _guarded(func: Callable) -> Callable:
     """Turn exceptions of a command into one ``error:`` line (or a traceback with ``--debug``)."""
 
@@ -79,7 +119,7 @@ def _guarded(func: Callable) -> Callable:
             if ctx.meta.get(_DEBUG):
                 raise
             if isinstance(err, ValueError | OSError | KeyError):  # the API's bad-input errors, unreadable files
-                raise CliError(_one_line(err)) from None
+                raise CliError(cli_message(_one_line(err))) from None
             raise CliError(
                 f"unexpected {type(err).__name__}: {_one_line(err)} (rerun with --debug for the traceback)"
             ) from None
@@ -98,6 +138,7 @@ def _set_verbose(ctx: click.Context, _param: click.Parameter, value: bool) -> No
     root = ctx.find_root()
     if "biossl.log_level" not in root.meta:
         root.meta["biossl.log_level"] = logger.level
+        _HANDLER.seen.clear()
         logger.addHandler(_HANDLER)
 
         def restore() -> None:
@@ -241,6 +282,11 @@ def _plot(adata, path: str | os.PathLike, *, key: str, force: bool) -> None:
         plt.close(fig)
 
 
+def _warn(text: str) -> None:
+    """A ``warning: ...`` line on stderr for misuse that still gives numbers (shown without -v)."""
+    click.echo(f"warning: {text}", err=True)
+
+
 def _elapsed(start: float) -> str:
     return f"{time.perf_counter() - start:.1f} s"
 
@@ -351,6 +397,13 @@ def _model_options(*, save: bool = True) -> Callable[[Callable], Callable]:
     return decorate
 
 
+def _check_h5ad_name(output: str, option: str = "-o/--output") -> None:
+    """Refuse an h5ad output named like another format (``-o out.csv`` would silently be an h5ad)."""
+    suffix = Path(output).suffix
+    if suffix and suffix.lower() != ".h5ad":
+        raise CliError(f"{option} {output!r} ends in {suffix!r}, but this command writes an h5ad file; name it .h5ad.")
+
+
 def _output_option(func: Callable) -> Callable:
     func = click.option("--force", is_flag=True, help="Overwrite existing outputs.")(func)
     return click.option(
@@ -419,7 +472,10 @@ def _exit_on_sigterm() -> None:
 @click.option(
     "--unlabeled-category", default="Unknown", show_default=True, help="Value marking unlabelled cells (besides NaN)."
 )
-@click.option("--unknown-threshold", type=float, help="Call cells 'Unknown' below this confidence (0-1).")
+@click.option(
+    "--unknown-threshold", type=float,
+    help="Call cells 'Unknown' below this confidence (0-1) [default: none; only cells no label reaches].",
+)  # fmt: skip
 @click.option("--n-neighbors", type=click.IntRange(min=2), default=15, show_default=True, help="Neighbours per cell.")
 @click.option(
     "--reuse-embedding",
@@ -446,13 +502,17 @@ def _exit_on_sigterm() -> None:
     help="With --reference: rename IN's genes into the reference's first, one-to-one pairs only: a two-column "
     "TSV/CSV with a header (IN's gene, reference's gene), or human_to_mouse / mouse_to_human (built in, Ensembl).",
 )
+@click.option(
+    "--gene-key", metavar="KEY",
+    help="With --reference: var column of IN with the gene identifiers to match [default: var_names].",
+)  # fmt: skip
 @_model_options()
 @_common
 @_guarded
 def annotate(
     input_path, output, force, labels_key, unlabeled_category, unknown_threshold, n_neighbors, reuse_embedding,
-    reference, mapping_threshold, gene_map, model, batch_key, layer, n_latent, max_steps, seed, device, threads,
-    save_model,
+    reference, mapping_threshold, gene_map, gene_key, model, batch_key, layer, n_latent, max_steps, seed, device,
+    threads, save_model,
 ) -> None:  # fmt: skip
     """Annotate every cell of IN.h5ad from a few labelled ones (or a reference); write OUT.h5ad.
 
@@ -478,20 +538,23 @@ def annotate(
         _check_threshold(unknown_threshold)
         _annotate_with_reference(
             input_path, output, reference, batch_key=batch_key, unknown_threshold=unknown_threshold,
-            mapping_threshold=mapping_threshold, gene_map=gene_map, n_neighbors=n_neighbors, max_steps=max_steps,
-            seed=seed, device=device, threads=threads, force=force, start=start,
+            mapping_threshold=mapping_threshold, gene_map=gene_map, gene_key=gene_key, n_neighbors=n_neighbors,
+            max_steps=max_steps, seed=seed, device=device, threads=threads, force=force, start=start,
         )  # fmt: skip
         return
     if mapping_threshold is not None:
         raise click.UsageError("--mapping-threshold applies to --reference REFDIR only.")
     if gene_map is not None:
         raise click.UsageError("--gene-map applies to --reference REFDIR only.")
+    if gene_key is not None:
+        raise click.UsageError("--gene-key applies to --reference REFDIR only.")
     if labels_key is None:
         raise click.UsageError("Missing option '--labels-key' (or give --reference REFDIR).")
     if reuse_embedding and (model != "auto" or save_model is not None):
         raise click.UsageError("--reuse-embedding cannot be combined with --model or --save-model.")
     model = _check_model_option(model, save_model)
     _check_threshold(unknown_threshold)
+    _check_h5ad_name(output)
     _check_io(input_path, {"output": output, "--save-model": save_model}, force=force)
     with _threads(threads):
         import biossl
@@ -523,12 +586,13 @@ def annotate(
 
 
 def _annotate_with_reference(
-    input_path, output, reference, *, batch_key, unknown_threshold, mapping_threshold, gene_map, n_neighbors, max_steps,
-    seed, device, threads, force, start,
+    input_path, output, reference, *, batch_key, unknown_threshold, mapping_threshold, gene_map, gene_key, n_neighbors,
+    max_steps, seed, device, threads, force, start,
 ) -> None:  # fmt: skip
     """``biossl annotate --reference``: map IN onto a saved reference and write OUT."""
     if not (Path(reference) / "config.json").is_file():
         raise CliError(f"--reference {reference!r} is not a biossl reference directory (no config.json in it).")
+    _check_h5ad_name(output)
     _check_io(input_path, {"output": output}, force=force)
     if gene_map is not None:  # read once up front, so a bad table fails fast and names the option
         from ._genemap import read_gene_map
@@ -546,7 +610,7 @@ def _annotate_with_reference(
             kwargs["gene_map"] = gene_map
         biossl.tl.map_query(
             adata, ref, batch_key=batch_key, n_neighbors=n_neighbors, unknown_threshold=unknown_threshold,
-            seed=seed, device=device, progress=None, **kwargs,
+            gene_key=gene_key, seed=seed, device=device, progress=None, **kwargs,
         )  # fmt: skip
         _write_h5ad(adata, output, force=force)
     overlap = adata.uns["biossl"]["gene_overlap"]
@@ -572,13 +636,17 @@ def _annotate_with_reference(
 @click.option("--n-latent", type=click.IntRange(min=1), default=20, show_default=True, help="Latent dimensions.")
 @click.option("--max-steps", type=click.IntRange(min=1), default=3000, show_default=True, help="Training budget.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+    help="Where to train the model (auto: a CUDA GPU when there is one).",
+)  # fmt: skip
+@click.option("--layer", metavar="NAME", help="Layer with raw counts (default: X, else layers['counts']).")
 @click.option("--threads", type=click.IntRange(min=1), help=_THREADS_HELP)
 @_common
 @_guarded
 def fit_reference(
     input_path, output, force, labels_key, unlabeled_category, batch_key, gene_key, n_latent, max_steps, seed,
-    device, threads,
+    device, layer, threads,
 ) -> None:  # fmt: skip
     """Train a reference on labelled IN.h5ad and save it to a directory (model.pt, reference.npz, config.json).
 
@@ -589,7 +657,16 @@ def fit_reference(
     with _threads(threads):
         import biossl
 
+        from .tl.annotate import label_codes
+
         adata = _read(input_path)
+        _use_layer(adata, layer)
+        n_labelled = int((label_codes(adata, labels_key, unlabeled_category)[0] >= 0).sum())
+        if n_labelled < adata.n_obs / 2:
+            _warn(
+                f"only {n_labelled} of {adata.n_obs} cells are labelled in obs[{labels_key!r}]; the reference's "
+                "types come from those cells alone (the others train the model only)."
+            )
         ref = biossl.tl.fit_reference(
             adata, labels_key, batch_key=batch_key, unlabeled_category=unlabeled_category, n_latent=n_latent,
             max_steps=max_steps, gene_key=gene_key, seed=seed, device=device, progress=None,
@@ -599,7 +676,8 @@ def fit_reference(
         except FileExistsError:
             raise CliError(f"{output!r} appeared while biossl was running; pass --force to overwrite it.") from None
     _echo_summary(
-        f"reference of {ref.latent.shape[0]} cells ({len(ref.classes)} types, {len(ref.model.genes)} genes) "
+        f"reference of {ref.latent.shape[0]} cells ({n_labelled} labelled, {len(ref.classes)} types, "
+        f"{len(ref.model.genes)} genes) "
         f"in {_elapsed(start)} -> {output}"
     )
 
@@ -620,6 +698,7 @@ def embed(
     """
     start = time.perf_counter()
     model = _check_model_option(model, save_model)
+    _check_h5ad_name(output)
     _check_io(input_path, {"output": output, "--save-model": save_model}, force=force)
     with _threads(threads):
         adata = _read(input_path)
@@ -660,7 +739,10 @@ def _hidden_split(truth, known, k: int, seed: int):
 @click.option("--seeds", "seeds_text", default="0-4", show_default=True, help="Split seeds: list or range.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the scores as JSON here.")
 @click.option("--force", is_flag=True, help="Overwrite an existing --json file.")
-@click.option("--unknown-threshold", type=float, help="Call cells 'Unknown' below this confidence (0-1).")
+@click.option(
+    "--unknown-threshold", type=float,
+    help="Call cells 'Unknown' below this confidence (0-1) [default: none; only cells no label reaches].",
+)  # fmt: skip
 @click.option("--n-neighbors", type=click.IntRange(min=2), default=15, show_default=True, help="Neighbours per cell.")
 @click.option("--reuse-embedding", is_flag=True, help="Use obsm['X_biossl'] already in IN instead of embedding.")
 @_model_options(save=False)
@@ -695,12 +777,19 @@ def evaluate(
         adata = _read(input_path)
         if labels_key not in adata.obs:
             raise CliError(f"labels_key={labels_key!r} is not a column of obs (have: {list(adata.obs.columns)[:10]}).")
-        col = adata.obs[labels_key]
-        known = col.notna().to_numpy() & (col.astype(str).to_numpy() != str(unlabeled_category))
-        truth = col.astype(str).to_numpy()
-        classes = sorted(set(truth[known]))
+        from .tl.annotate import label_codes
+
+        codes, classes = label_codes(adata, labels_key, unlabeled_category)
+        known = codes >= 0
+        truth = adata.obs[labels_key].astype(str).to_numpy()
         if len(classes) < 2:
             raise CliError(f"obs[{labels_key!r}] has {len(classes)} labelled type(s); evaluation needs at least two.")
+        n_known = int(known.sum())
+        if n_known < adata.n_obs / 2:
+            _warn(
+                f"only {n_known} of {adata.n_obs} cells have a true label in obs[{labels_key!r}]; the scores use "
+                "those cells alone (the others are unlabelled: NaN or --unlabeled-category)."
+            )
         if reuse_embedding:
             if "X_biossl" not in adata.obsm:
                 raise CliError(f"{input_path!r} has no obsm['X_biossl']; drop --reuse-embedding.")
@@ -736,6 +825,13 @@ def evaluate(
                     }
                 )
     table = pd.DataFrame(runs)
+    for k, grp in table.groupby("k", sort=True):
+        hidden = int(grp["n_hidden"].min())
+        if hidden < FEW_SCORED or hidden < n_known / 4:
+            _warn(
+                f"--k {k} labels {int(grp['n_labelled'].max())} of the {n_known} labelled cells and leaves only "
+                f"{hidden} hidden to score; macro-F1 on so few cells is noisy (use a smaller --k)."
+            )
     summary = []
     for k, grp in table.groupby("k", sort=True):
         ddof = 1 if len(grp) > 1 else 0
@@ -744,6 +840,7 @@ def evaluate(
                 "k": int(k),
                 "n_seeds": len(grp),
                 "n_labelled": float(grp["n_labelled"].mean()),
+                "n_scored": float(grp["n_hidden"].mean()),
                 "macro_f1_mean": float(grp["macro_f1"].mean()),
                 "macro_f1_sd": float(grp["macro_f1"].std(ddof=ddof)),
                 "accuracy_mean": float(grp["accuracy"].mean()),
@@ -751,11 +848,17 @@ def evaluate(
                 "ece_mean": float(grp["ece"].mean()),
             }
         )
-    click.echo(f"{'k':>4}  {'labelled':>8}  {'macro-F1 (mean ± sd)':>20}  {'accuracy (mean ± sd)':>20}  {'ECE':>5}")
+    click.echo(
+        f"{'k':>4}  {'labelled':>8}  {'scored':>8}  {'macro-F1 (mean ± sd)':>20}  {'accuracy (mean ± sd)':>20}  "
+        f"{'ECE':>5}"
+    )
     for row in summary:
         f1 = f"{row['macro_f1_mean']:.3f} ± {row['macro_f1_sd']:.3f}"
         acc = f"{row['accuracy_mean']:.3f} ± {row['accuracy_sd']:.3f}"
-        click.echo(f"{row['k']:>4}  {row['n_labelled']:>8.0f}  {f1:>20}  {acc:>20}  {row['ece_mean']:>5.3f}")
+        click.echo(
+            f"{row['k']:>4}  {row['n_labelled']:>8.0f}  {row['n_scored']:>8.0f}  {f1:>20}  {acc:>20}  "
+            f"{row['ece_mean']:>5.3f}"
+        )
     if json_path is not None:
         from ._io import write_text_atomic
 
@@ -776,7 +879,7 @@ def evaluate(
     wrote = f" -> {json_path}" if json_path else ""
     _echo_summary(
         f"evaluated {adata.n_obs} cells, {len(classes)} types, k={','.join(map(str, ks))} x {len(seeds)} seeds "
-        f"({how}) in {_elapsed(start)}{wrote}"
+        f"({how}; scored on the hidden ones of {n_known} cells with a true label) in {_elapsed(start)}{wrote}"
     )
 
 
@@ -831,6 +934,46 @@ def demo(out_dir, seed, threads) -> None:
 # genes
 
 
+def _use_layer(adata, layer: str | None) -> None:
+    """``--layer NAME`` for steps without a ``layer=`` argument: put the layer in X of the in-memory copy."""
+    if layer is None:
+        return
+    if layer not in adata.layers:
+        raise CliError(f"--layer {layer!r} is not a layer of the input (have: {list(adata.layers) or 'none'}).")
+    adata.X = adata.layers[layer]
+
+
+def _check_gene_sets(adata, path: str, case_sensitive: bool) -> None:
+    """Fail before any training when IN's names clash ignoring case, or no set member is a gene of IN."""
+    from .tl.genes import read_gmt
+
+    names = [str(g) for g in adata.var_names]
+    fold = (lambda g: g) if case_sensitive else str.upper
+    seen: dict[str, str] = {}
+    for name in names:
+        if not case_sensitive and fold(name) in seen:
+            raise CliError(
+                f"genes {seen[fold(name)]!r} and {name!r} of the input are the same name ignoring case; pass "
+                "--case-sensitive."
+            )
+        seen[fold(name)] = name
+    sets = read_gmt(path)
+    members = {fold(g) for genes in sets.values() for g in genes}
+    if not members & seen.keys():
+        example = next(iter(next(iter(sets.values()))))
+        raise CliError(
+            f"no member of the {len(sets)} gene sets in {path!r} is a gene of the input (e.g. {example!r}; input "
+            f"genes e.g. {', '.join(names[:3])}); check the identifiers (symbols vs Ensembl ids) or the organism."
+        )
+
+
+def _rank_order(table):
+    """The score table by set (file order), then rank; no rows for sets with no score (no gene in IN)."""
+    scored = table.groupby("set", observed=True)["score"].transform(lambda v: v.notna().any())
+    table = table[scored.astype(bool)]
+    return table.sort_values(["set", "rank", "gene"], kind="stable", na_position="last").reset_index(drop=True)
+
+
 @main.command()
 @_INPUT
 @click.option(
@@ -861,12 +1004,18 @@ def demo(out_dir, seed, threads) -> None:
 @click.option("--max-steps", type=click.IntRange(min=1), default=3000, show_default=True,
               help="VAE training budget when no --model is given.")  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (training, folds).")
+@click.option(
+    "--case-sensitive", is_flag=True,
+    help="Match gene names exactly (needed when IN has names equal ignoring case, e.g. mouse 'Lpcat4' and 'LPCAT4') "
+    "[default: ignore case].",
+)  # fmt: skip
+@click.option("--layer", metavar="NAME", help="Layer with raw counts (default: X, else layers['counts']).")
 @click.option("--threads", type=click.IntRange(min=1), help=_THREADS_HELP)
 @_common
 @_guarded
 def genes(
     input_path, gene_sets, evaluate_gmt, output, json_path, force, model_dir, graph, n_neighbors, alpha, max_steps,
-    seed, threads,
+    seed, case_sensitive, layer, threads,
 ) -> None:  # fmt: skip
     """Rank every gene of IN.h5ad by membership of known gene sets, or evaluate that on GO (EGAD).
 
@@ -874,8 +1023,11 @@ def genes(
       biossl genes cells.h5ad --gene-sets sets.gmt -o scores.tsv [--model DIR]
       biossl genes cells.h5ad --evaluate GO_BP.gmt [--json scores.json]
 
-    The table has one row per (set, gene): set, gene, score, rank (1 = best), is_member. Set members not
-    found among the genes of IN are reported on stderr. IN is not modified.
+    The table has one row per (set, gene), sets in file order and genes by rank: set, gene, score (label
+    propagation from the set's members over the gene graph, standardised over genes: higher = more tied to
+    the members; unitless, so compare genes within a set, not across sets), rank (1 = best), is_member (the
+    gene is in the set). Sets with no gene in IN get no rows; set members not found among the genes of IN are
+    reported on stderr. IN is not modified.
     """  # noqa: D301 (click's \b paragraph marker)
     start = time.perf_counter()
     if (gene_sets is None) == (evaluate_gmt is None):
@@ -896,8 +1048,10 @@ def genes(
         from .tl.genes import evaluate_gene_function, gene_function
 
         adata = _read(input_path)
+        _use_layer(adata, layer)
+        _check_gene_sets(adata, gene_sets or evaluate_gmt, case_sensitive)  # before training a VAE
         kwargs = {"model": model_dir, "graph": graph, "n_neighbors": n_neighbors, "alpha": alpha}
-        kwargs.update(max_steps=max_steps, seed=seed)
+        kwargs.update(max_steps=max_steps, seed=seed, case_sensitive=case_sensitive)
         if evaluate_gmt is not None:
             result = evaluate_gene_function(adata, evaluate_gmt, **kwargs)
         else:
@@ -937,6 +1091,7 @@ def genes(
         return
     from ._io import atomic_path
 
+    table = _rank_order(table)
     with atomic_path(output, overwrite=force) as tmp:
         table.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
     rec = adata.uns["biossl_genes"]
@@ -959,12 +1114,19 @@ def genes(
 @click.option(
     "--unlabeled-category", default="Unknown", show_default=True, help="Value marking unlabelled cells (besides NaN)."
 )
-@click.option("--key-added", default="biossl_suggest", show_default=True, help="obs column for the ranks.")
+@click.option(
+    "--key", "--key-added", "key_added", default="biossl_suggest", show_default=True,
+    help="obs column for the ranks (--key-added is the same option).",
+)  # fmt: skip
 @click.option("--n-neighbors", type=click.IntRange(min=2), default=15, show_default=True,
               help="Neighbours per cell, when IN has no biossl graph yet.")  # fmt: skip
+@click.option(
+    "--table", "table_path", metavar="FILE.tsv", type=click.Path(dir_okay=False),
+    help="Also write the N cells as a TSV: cell, rank, predicted type and confidence (from `biossl annotate`).",
+)  # fmt: skip
 @_common
 @_guarded
-def suggest(input_path, output, force, n, labels_key, unlabeled_category, key_added, n_neighbors) -> None:
+def suggest(input_path, output, force, n, labels_key, unlabeled_category, key_added, n_neighbors, table_path) -> None:
     """Suggest the N unlabelled cells of IN.h5ad to label next; write OUT.h5ad with their ranks.
 
     IN must hold an embedding (`biossl annotate` or `biossl embed` output). Writes obs[KEY_ADDED]: the
@@ -972,7 +1134,8 @@ def suggest(input_path, output, force, n, labels_key, unlabeled_category, key_ad
     and run `biossl annotate` again.
     """
     start = time.perf_counter()
-    _check_io(input_path, {"output": output}, force=force)
+    _check_h5ad_name(output)
+    _check_io(input_path, {"output": output, "--table": table_path}, force=force)
     import biossl
 
     adata = _read(input_path)
@@ -985,8 +1148,29 @@ def suggest(input_path, output, force, n, labels_key, unlabeled_category, key_ad
     )
     _write_h5ad(adata, output, force=force)
     picked = adata.obs[key_added].dropna().sort_values().index.astype(str)
+    if table_path is not None:
+        from ._io import write_text_atomic
+
+        write_text_atomic(_tsv(_suggest_rows(adata, key_added)), table_path, overwrite=force)
     shown = ", ".join(picked[:5]) + (", ..." if len(picked) > 5 else "")
-    _echo_summary(f"suggested {len(picked)} cells to label next ({shown}) in {_elapsed(start)} -> {output}")
+    wrote = f", table -> {table_path}" if table_path else ""
+    _echo_summary(f"suggested {len(picked)} cells to label next ({shown}) in {_elapsed(start)} -> {output}{wrote}")
+
+
+def _suggest_rows(adata, key_added: str) -> list[dict]:
+    """One row per suggested cell, by rank: cell id, rank, and the current prediction where annotate ran."""
+    ranks = adata.obs[key_added].dropna().sort_values()
+    pred = adata.obs["biossl_label"] if "biossl_label" in adata.obs else None
+    conf = adata.obs["biossl_confidence"] if "biossl_confidence" in adata.obs else None
+    return [
+        {
+            "cell": str(cell),
+            "rank": int(rank),
+            "predicted": str(pred[cell]) if pred is not None else "NA",
+            "confidence": float(conf[cell]) if conf is not None else float("nan"),
+        }
+        for cell, rank in ranks.items()
+    ]
 
 
 @main.command()
@@ -1223,7 +1407,9 @@ def _sample_summary(adata, sample: str, truth_key: str | None, key: str) -> tupl
             row["accuracy"] = float(np.mean(truth[scored] == pred[scored]))
             f1 = per_class_f1(truth[scored], pred[scored])
     labels = []
-    for label in sorted(set(pred), key=lambda c: (c == "Unknown", c)):
+    from .report import natural_key
+
+    for label in sorted(set(pred), key=natural_key):
         sel = pred == label
         labels.append(
             {

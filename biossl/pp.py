@@ -84,7 +84,20 @@ def find_counts(adata: AnnData, layer: str | None = None) -> str:
         )
     raise ValueError(
         f"No raw counts found: adata.X is not counts ({problem_x}) and there is no layers['counts']. "
-        "Put raw integer counts in X or layers['counts'], or pass layer=."
+        "Put raw integer counts in X or layers['counts'], or pass layer=." + _raw_hint(adata)
+    )
+
+
+def _raw_hint(adata: AnnData) -> str:
+    """Point at ``adata.raw`` when it holds counts (scanpy's habit), which biossl does not read by itself."""
+    raw = getattr(adata, "raw", None)
+    if raw is None or count_problem(raw.X) is not None:
+        return ""
+    has_all = adata.var_names.isin(raw.var_names).all()
+    copy = "adata.layers['counts'] = adata.raw[:, adata.var_names].X" if has_all else "adata = adata.raw.to_adata()"
+    return (
+        f" adata.raw holds counts ({raw.n_vars} genes{'' if has_all else ', not all those of X'}), which biossl does "
+        f"not read: copy them with `{copy}` (and save the h5ad file again for the command line)."
     )
 
 

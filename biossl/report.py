@@ -6,13 +6,14 @@ import base64
 import html
 import io
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-__all__ = ["render_report", "write_report"]
+__all__ = ["natural_key", "render_report", "write_report"]
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1100px;
@@ -26,6 +27,13 @@ figcaption { font-size: 0.85em; color: #555; }
 .facts { display: grid; grid-template-columns: max-content auto; gap: 0.2em 1.2em; }
 .facts dt { color: #555; } .facts dd { margin: 0; font-weight: 600; }
 """
+
+
+def natural_key(label) -> tuple:
+    """Sort key for type names with numbers in them: "2" before "10", "T cell 2" before "T cell 10"; Unknown last."""
+    text = str(label)
+    parts = re.split(r"(\d+)", text)
+    return (text == "Unknown", tuple((0, int(p), "") if p.isdigit() else (1, 0, p.lower()) for p in parts if p), text)
 
 
 def _png(fig) -> str:
@@ -115,6 +123,7 @@ def render_report(
         .agg(cells=("confidence", "size"), labelled=("labelled", "sum"), mean_confidence=("confidence", "mean"))
         .reset_index()
     )
+    per_label = per_label.sort_values("label", key=lambda c: c.map(natural_key), kind="stable").reset_index(drop=True)
     sections = []
     if truth_key is not None:
         scored = adata.obs[truth_key].notna().to_numpy() & ~given

@@ -197,10 +197,10 @@ def test_unreadable_input_is_one_error_line(tmp_path, case, command):
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["--labels-key", "nope"], "labels_key='nope'"),
+        (["--labels-key", "nope"], "--labels-key 'nope'"),
         (["--labels-key", "cell_type"], "nothing to annotate"),
-        (["--labels-key", "labels", "--batch-key", "nope"], "batch_key='nope'"),
-        (["--labels-key", "labels", "--layer", "nope"], "layer='nope'"),
+        (["--labels-key", "labels", "--batch-key", "nope"], "--batch-key 'nope'"),
+        (["--labels-key", "labels", "--layer", "nope"], "--layer 'nope'"),
         (["--labels-key", "labels", "--unknown-threshold", "2"], "between 0 and 1"),
         (["--labels-key", "labels", "--model", "vea"], "neither a model kind"),
         (["--labels-key", "labels", "--model", "pca", "--save-model", "m"], "no trained model to save"),

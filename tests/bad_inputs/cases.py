@@ -1143,7 +1143,7 @@ CASES: list[Case] = [
         "CLI",
         "`biossl genes --gene-sets` with a GMT none of whose genes are in the data",
         cli_case(_genes_cli),
-        ("no gene set has a member",),
+        ("no member of the 1 gene sets",),
     ),
     # --- CLI ------------------------------------------------------------------------------------------
     Case(
@@ -1221,7 +1221,7 @@ CASES: list[Case] = [
         "CLI",
         "`--labels-key celltype` not in obs",
         cli_case(lambda t: [*annotate_args(t)[:-1], "celltype"]),
-        ("labels_key='celltype'",),
+        ("--labels-key 'celltype'",),
         f"{CL}::test_bad_options_are_one_error_line",
     ),
     Case(
@@ -1250,7 +1250,7 @@ CASES: list[Case] = [
         "CLI",
         "`biossl annotate` on 12 cells with `--n-neighbors 15`",
         cli_case(lambda t: annotate_args(t, _twelve_cells())),
-        ("n_neighbors=15", "12 cells"),
+        ("--n-neighbors 15", "12 cells"),
     ),
     Case(
         "cli-batch-NaN",
