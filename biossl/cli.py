@@ -1367,6 +1367,7 @@ def _sample_summary(adata, sample: str, truth_key: str | None, key: str) -> tupl
     import numpy as np
 
     from .metrics import macro_f1, per_class_f1
+    from .report import natural_key
 
     label_col = f"{key}_label"
     for col in (label_col, f"{key}_confidence"):
@@ -1394,6 +1395,7 @@ def _sample_summary(adata, sample: str, truth_key: str | None, key: str) -> tupl
         "mean_confidence": float(conf[query].mean()) if query.any() else float("nan"),
         "macro_f1": float("nan"),
         "accuracy": float("nan"),
+        "n_scored": 0,
         "embedding": str(adata.uns.get("biossl", {}).get("embed", {}).get("model", "")),
     }
     if truth_key is not None:
@@ -1402,13 +1404,12 @@ def _sample_summary(adata, sample: str, truth_key: str | None, key: str) -> tupl
         truth_col = adata.obs[truth_key]
         scored = query & truth_col.notna().to_numpy()
         truth = truth_col.astype(str).to_numpy()
+        row["n_scored"] = int(scored.sum())
         if scored.any():
             row["macro_f1"] = macro_f1(truth[scored], pred[scored])
             row["accuracy"] = float(np.mean(truth[scored] == pred[scored]))
             f1 = per_class_f1(truth[scored], pred[scored])
     labels = []
-    from .report import natural_key
-
     for label in sorted(set(pred), key=natural_key):
         sel = pred == label
         labels.append(
@@ -1459,7 +1460,12 @@ def summarize(input_path, tsv_path, labels_tsv, png_path, sample, truth_key, key
         if labels_tsv is not None:
             write_text_atomic(_tsv(labels), labels_tsv, overwrite=force)
         write_text_atomic(_tsv([row]), tsv_path, overwrite=force)
-    f1 = f", macro-F1 {row['macro_f1']:.3f}" if row["macro_f1"] == row["macro_f1"] else ""
+    f1 = f", macro-F1 {row['macro_f1']:.3f} on {row['n_scored']} cells" if row["macro_f1"] == row["macro_f1"] else ""
+    if truth_key is not None and row["n_scored"] < FEW_SCORED:
+        _warn(
+            f"macro-F1 is scored on {row['n_scored']} unlabelled cells with a value in obs[{truth_key!r}]; "
+            "so few give a noisy score."
+        )
     _echo_summary(
         f"summarized {sample}: {row['n_cells']} cells, {row['n_labelled']} labels, {row['n_types']} types, "
         f"{row['n_unknown']} Unknown{f1} in {_elapsed(start)} -> {tsv_path}"

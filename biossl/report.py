@@ -132,7 +132,9 @@ def render_report(
             f1 = per_class_f1(truth[scored], label.to_numpy()[scored])
             per_label["F1"] = [f1.get(lbl, np.nan) for lbl in per_label["label"]]
             correct = truth[scored] == label.to_numpy()[scored]
-            facts[f"macro-F1 vs obs['{truth_key}']"] = f"{macro_f1(truth[scored], label.to_numpy()[scored]):.3f}"
+            facts[f"macro-F1 vs obs['{truth_key}']"] = (
+                f"{macro_f1(truth[scored], label.to_numpy()[scored]):.3f} (on {int(scored.sum()):,} unlabelled cells)"
+            )
             facts["accuracy"] = f"{correct.mean():.3f}"
             facts["expected calibration error"] = f"{expected_calibration_error(conf[scored], correct):.3f}"
     fig = pl.annotation(adata, key=key, show=False)

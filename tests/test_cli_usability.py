@@ -275,3 +275,17 @@ def test_natural_sort_of_types(sim, tmp_path):
     ok(run("summarize", annotated, "--tsv", tmp_path / "s.tsv", "--labels-tsv", labels_tsv))
     order = [str(x) for x in pd.read_csv(labels_tsv, sep="\t", dtype=str)["label"]]
     assert [x for x in order if x != "Unknown"] == ["1", "2", "10"]
+
+
+def test_summarize_says_how_many_cells_are_scored(sim, tmp_path):
+    keep = np.zeros(sim.n_obs, dtype=bool)
+    keep[::10] = True  # 36 cells with a truth value, a few of them labelled
+    sim.obs["truth"] = pd.Categorical(sim.obs["cell_type"].astype(object).where(keep))
+    path = write(sim, tmp_path / "in.h5ad")
+    annotated = tmp_path / "a.h5ad"
+    ok(run("annotate", path, "-o", annotated, "--labels-key", "labels", "--model", "pca"))
+    scored = int((keep & sim.obs["labels"].isna().to_numpy()).sum())
+    result = run("summarize", annotated, "--tsv", tmp_path / "s.tsv", "--truth-key", "truth")
+    assert f"on {scored} cells" in ok(result)
+    assert f"macro-F1 is scored on {scored} unlabelled cells with a value in obs['truth']" in result.stderr
+    assert int(pd.read_csv(tmp_path / "s.tsv", sep="\t")["n_scored"].iloc[0]) == scored
