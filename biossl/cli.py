@@ -560,6 +560,7 @@ def annotate(
         import biossl
 
         adata = _read(input_path)
+        _counts_from_raw(adata, layer)
         n_labelled, n_types = _check_labels(adata, labels_key, unlabeled_category)
         if reuse_embedding:
             if "X_biossl" not in adata.obsm:
@@ -603,6 +604,7 @@ def _annotate_with_reference(
 
         ref = biossl.Reference.load(reference, device=device)
         adata = _read(input_path)
+        _counts_from_raw(adata, None)
         kwargs = {} if max_steps is None else {"fine_tune_steps": max_steps}
         if mapping_threshold is not None:
             kwargs["mapping_threshold"] = mapping_threshold
@@ -660,6 +662,7 @@ def fit_reference(
         from .tl.annotate import label_codes
 
         adata = _read(input_path)
+        _counts_from_raw(adata, layer)
         _use_layer(adata, layer)
         n_labelled = int((label_codes(adata, labels_key, unlabeled_category)[0] >= 0).sum())
         if n_labelled < adata.n_obs / 2:
@@ -702,6 +705,7 @@ def embed(
     _check_io(input_path, {"output": output, "--save-model": save_model}, force=force)
     with _threads(threads):
         adata = _read(input_path)
+        _counts_from_raw(adata, layer)
         how = _embed(
             adata, model=model, batch_key=batch_key, layer=layer, n_latent=n_latent, max_steps=max_steps, seed=seed,
             device=device, save_model=save_model, force=force,
@@ -775,6 +779,7 @@ def evaluate(
         from .metrics import expected_calibration_error, macro_f1
 
         adata = _read(input_path)
+        _counts_from_raw(adata, layer)
         if labels_key not in adata.obs:
             raise CliError(f"labels_key={labels_key!r} is not a column of obs (have: {list(adata.obs.columns)[:10]}).")
         from .tl.annotate import label_codes
@@ -934,6 +939,27 @@ def demo(out_dir, seed, threads) -> None:
 # genes
 
 
+def _counts_from_raw(adata, layer: str | None) -> None:
+    """Use counts kept in ``adata.raw`` (scanpy's habit) when X and layers['counts'] hold none; say so.
+
+    Only when ``adata.raw`` holds counts for every gene of X; they go to ``layers['counts']`` of the in-memory
+    copy, so the output file records where the counts came from (uns['biossl']['setup']['counts']).
+    """
+    from .pp import count_problem
+
+    if layer is not None or adata.isbacked or adata.raw is None or "counts" in adata.layers:
+        return
+    if count_problem(adata.X) is None or count_problem(adata.raw.X) is not None:
+        return
+    if not adata.var_names.isin(adata.raw.var_names).all():
+        return  # the no-counts error then points at adata.raw
+    adata.layers["counts"] = adata.raw[:, adata.var_names].X
+    _warn(
+        f"X holds no raw counts ({count_problem(adata.X)}); using the counts in adata.raw ({adata.raw.n_vars} genes, "
+        f"{adata.n_vars} of them in X) as layers['counts']."
+    )
+
+
 def _use_layer(adata, layer: str | None) -> None:
     """``--layer NAME`` for steps without a ``layer=`` argument: put the layer in X of the in-memory copy."""
     if layer is None:
@@ -1048,6 +1074,7 @@ def genes(
         from .tl.genes import evaluate_gene_function, gene_function
 
         adata = _read(input_path)
+        _counts_from_raw(adata, layer)
         _use_layer(adata, layer)
         _check_gene_sets(adata, gene_sets or evaluate_gmt, case_sensitive)  # before training a VAE
         kwargs = {"model": model_dir, "graph": graph, "n_neighbors": n_neighbors, "alpha": alpha}

@@ -289,3 +289,21 @@ def test_summarize_says_how_many_cells_are_scored(sim, tmp_path):
     assert f"on {scored} cells" in ok(result)
     assert f"macro-F1 is scored on {scored} unlabelled cells with a value in obs['truth']" in result.stderr
     assert int(pd.read_csv(tmp_path / "s.tsv", sep="\t")["n_scored"].iloc[0]) == scored
+
+
+def test_counts_in_raw_are_used_with_a_warning(sim, tmp_path):
+    sim.raw = sim.copy()
+    sim.X = sp.csr_matrix(np.log1p(sim.X.toarray()))
+    path = write(sim, tmp_path / "in.h5ad")
+    out = tmp_path / "o.h5ad"
+    result = run("annotate", path, "-o", out, "--labels-key", "labels", "--model", "pca")
+    ok(result)
+    assert warnings_of(result) == [
+        "warning: X holds no raw counts (it holds non-integer values (e.g. 4.89784; log-normalised data?)); using "
+        "the counts in adata.raw (120 genes, 120 of them in X) as layers['counts']."
+    ]
+    import anndata as ad
+
+    written = ad.read_h5ad(out)
+    assert written.uns["biossl"]["setup"]["counts"] == "counts"
+    assert (written.layers["counts"] != sim.raw.X).nnz == 0
