@@ -14,7 +14,9 @@ that the labelled cells have ("Unknown" counts as a miss):
   cells from the known types', and the share of known-type tech_B cells called Unknown.
 
 Methods: biossl's default pooled path (``pp.setup(batch_key) -> tl.embed -> tl.neighbors -> tl.annotate``),
-biossl's ``fit_reference`` -> ``map_query`` (A_to_B and novel only), kNN on pooled PCA, kNN on the reference's
+biossl's ``fit_reference`` -> ``map_query`` (A_to_B and novel only), the candidate graphs that were measured
+before choosing the default (``cand_*``, A_to_B only: the batch-aware VAE with and without the adversarial term,
+Harmony and BBKNN on the per-batch scaled PCA), kNN on pooled PCA, kNN on the reference's
 PCA (A_to_B only), Harmony (harmonypy) + kNN, BBKNN graph + biossl's propagation, scANVI (scvi-tools, 100 +
 10 epochs), CellTypist and scanpy ingest (the runners of benchmarks/anchors). A method whose package is missing
 is skipped. The choice of the batch-mixing gate was made on pbmc3k_two_technologies and the mild few-label
@@ -31,6 +33,7 @@ import json
 import sys
 import warnings
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -103,6 +106,73 @@ class Biossl:
         return b.obs["biossl_label"].astype(str).to_numpy(), 1.0 - b.obs["biossl_novelty"].to_numpy()
 
     neighbors_key = "biossl"
+
+
+class BiosslVae(Biossl):
+    """Candidate graph: the batch-aware VAE latent (with or without the adversarial term), tech_A -> tech_B only."""
+
+    name = "cand_vae"
+    reference_only = True
+    embed_kw: ClassVar[dict] = {"model": "vae"}
+
+    def prepare(self, adata, seed):
+        import biossl
+
+        b = adata.copy()
+        biossl.pp.setup(b, batch_key=BATCH)
+        biossl.tl.embed(b, seed=seed, progress=False, **self.embed_kw)
+        biossl.tl.neighbors(b)
+        return b
+
+
+class BiosslVaeAdversarial(BiosslVae):
+    name = "cand_vae_adversarial"
+    embed_kw: ClassVar[dict] = {"model": "vae", "adversarial": True}
+
+
+class _OnScaledPCA(Biossl):
+    """Candidate graph: Harmony or BBKNN on biossl's per-batch scaled PCA, tech_A -> tech_B only."""
+
+    reference_only = True
+
+    def scaled(self, adata, seed):
+        import biossl
+
+        b = adata.copy()
+        biossl.pp.setup(b, batch_key=BATCH)
+        biossl.tl.embed(b, seed=seed, batch_correction="scale")
+        return b
+
+
+class HarmonyOnScaled(_OnScaledPCA):
+    name = "cand_harmony_on_scaled"
+    package = "harmonypy"
+
+    def prepare(self, adata, seed):
+        import harmonypy
+
+        import biossl
+
+        b = self.scaled(adata, seed)
+        ho = harmonypy.run_harmony(b.obsm["X_biossl"], b.obs[[BATCH]], BATCH, random_state=seed, verbose=False)
+        Z = np.asarray(ho.Z_corr)
+        b.obsm["X_biossl"] = Z if Z.shape[0] == b.n_obs else Z.T
+        biossl.tl.neighbors(b)
+        return b
+
+
+class BbknnOnScaled(_OnScaledPCA):
+    name = "cand_bbknn_on_scaled"
+    package = "bbknn"
+    neighbors_key = None
+
+    def prepare(self, adata, seed):
+        import bbknn
+
+        b = self.scaled(adata, seed)
+        b.obsm["X_pca"] = b.obsm["X_biossl"]
+        bbknn.bbknn(b, batch_key=BATCH, use_rep="X_pca")
+        return b
 
 
 class BiosslMap:
@@ -206,6 +276,7 @@ def methods() -> dict:
     import runners
 
     out = [Biossl(), BiosslMap(), KnnPooledPCA(), KnnReferencePCA(), HarmonyKnn(), BbknnPropagation()]
+    out += [BiosslVae(), BiosslVaeAdversarial(), HarmonyOnScaled(), BbknnOnScaled()]
     out += [
         _Anchor(runners.ScanviFast(), "scvi"),
         _Anchor(runners.CellTypist(), "celltypist"),
@@ -331,6 +402,8 @@ def main(argv=None) -> int:
             for name in args.methods:
                 method = all_methods[name]
                 if getattr(method, "reference_only", False) and setting == "3_per_type":
+                    continue
+                if name.startswith("cand_") and setting != "A_to_B":
                     continue
                 package = getattr(method, "package", None)
                 if package and importlib.util.find_spec(package) is None:
