@@ -3,28 +3,18 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
 from anndata import AnnData
-from click.testing import CliRunner
+from test_cli import ok, run  # the CLI runner helpers shared with test_cli.py
 
-from biossl.cli import cli_message, main
+from biossl.cli import cli_message
 from biossl.pp import find_counts
 from biossl.report import natural_key
 from biossl.tl.annotate import label_codes
-
-
-def run(*args: str | os.PathLike):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def ok(result) -> str:
-    assert result.exit_code == 0, f"exit {result.exit_code}\nstdout: {result.stdout}\nstderr: {result.stderr}"
-    return result.stdout
 
 
 def one_error(result, *needles: str) -> str:
