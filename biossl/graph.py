@@ -18,8 +18,8 @@ logger = logging.getLogger("biossl")
 
 EXACT_MAX_CELLS = 50_000
 # Below this batch-mixing score (:func:`batch_mixing`) labels hardly cross batches on a kNN graph. Chosen on
-# pbmc3k_two_technologies and the mild few-label sets (cellbench, baron_mouse donors: above it, left unchanged);
-# baron_mouse_two_technologies was held out (benchmarks/strong_batch.py).
+# pbmc3k_two_technologies and the mild few-label sets (which score above it and are left unchanged);
+# baron_mouse_two_technologies was held out (README, "Strong batch effects").
 MIXING_MIN = 0.2
 
 
@@ -148,10 +148,11 @@ def batch_mixing(idx: np.ndarray, batch: np.ndarray) -> dict:
     ``idx`` holds each cell's neighbours (cells × k), ``batch`` each cell's batch. The expected share is what
     neighbours drawn at random from all cells would give (``1 - n_b / n`` for a cell of batch ``b``), so 1 means
     batches mix as if they were one, and 0 that no cell has a neighbour in another batch. Differences in cell-type
-    composition between batches lower the score even where batches align (two donors of one tissue score
-    0.3–0.4; see benchmarks/results/strong_batch.md).
+    composition between batches lower the score even where batches align (two donors of one tissue score well
+    below 1).
 
-    Returns a dict with ``score`` (over all cells) and ``per_batch`` (batch name → score of its cells).
+    Returns a dict with ``score`` (over all cells), ``batches`` (the batch names) and ``per_batch`` (the score of
+    each batch's cells, in that order).
     """
     batch = np.asarray(batch)
     names, codes = np.unique(batch, return_inverse=True)
@@ -159,11 +160,10 @@ def batch_mixing(idx: np.ndarray, batch: np.ndarray) -> dict:
     sizes = np.bincount(codes, minlength=len(names))
     cross = (codes[idx] != codes[:, None]).mean(1)
     expected = 1.0 - sizes[codes] / n
-    per_batch = {
-        str(name): round(float(cross[codes == b].mean() / expected[codes == b][0]), 4)
-        if expected[codes == b][0] > 0
-        else 1.0
-        for b, name in enumerate(names)
-    }
+    per_batch = [
+        round(float(cross[codes == b].mean() / expected[codes == b][0]), 4) if sizes[b] < n else 1.0
+        for b in range(len(names))
+    ]
     score = float(cross.mean() / expected.mean()) if expected.mean() > 0 else 1.0
-    return {"score": round(score, 4), "per_batch": per_batch}
+    # lists, not a dict keyed by batch name: h5ad cannot store keys such as "plate/1"
+    return {"score": round(score, 4), "batches": [str(b) for b in names], "per_batch": per_batch}
