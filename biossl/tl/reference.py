@@ -448,13 +448,11 @@ def _refine_on_query(X, present, batches, proba, pred, confidence, score, thresh
     low = score < threshold
     for c in np.unique(pred[(pred >= 0) & ~low]):
         members = np.flatnonzero((pred == c) & ~low)
-        seeds[
-            members[np.argsort(-confidence[members], kind="stable")[: max(1, int(len(members) * REFINE_SEED_FRACTION))]]
-        ] = c
+        n_seeds = max(1, int(len(members) * REFINE_SEED_FRACTION))
+        seeds[members[np.argsort(-confidence[members], kind="stable")[:n_seeds]]] = c
     low_cells = np.flatnonzero(low)
-    seeds[low_cells[np.argsort(score[low_cells], kind="stable")[: int(len(low_cells) * REFINE_SEED_FRACTION)]]] = (
-        n_classes
-    )
+    n_seeds = int(len(low_cells) * REFINE_SEED_FRACTION)
+    seeds[low_cells[np.argsort(score[low_cells], kind="stable")[:n_seeds]]] = n_classes
     used = np.unique(seeds[seeds >= 0])  # propagate over the classes that have seeds only
     if len(used) < 2 or (seeds < 0).sum() == 0:  # nothing to refine: the mapped calls stand
         return proba, confidence, pred, (pred < 0) | low
