@@ -32,13 +32,13 @@ from active import DATASETS, load_embedded  # noqa: E402
 def _annotate_isotonic(adata, key: str) -> None:
     """``tl.annotate(calibrate=False)`` followed by the isotonic calibration of biossl.tl.calibrate."""
     import biossl
-    from biossl.tl.annotate import _graph_representation, annotation_predictor, connectivities, split_labels
+    from biossl.tl._propagation import annotation_predictor, connectivities, graph_representation, split_labels
     from biossl.tl.calibrate import calibrate_annotation
 
     biossl.tl.annotate(adata, key, unlabeled_category=None, calibrate=False)
     codes, classes = split_labels(adata, key, None)
     W = connectivities(adata, "biossl")
-    rep = _graph_representation(adata, "biossl")
+    rep = graph_representation(adata, "biossl")
     predict = annotation_predictor(W, len(classes), alpha=0.9, rep=rep, class_prior="estimate")  # as tl.annotate
     proba, _ = calibrate_annotation(
         predict, codes, np.asarray(adata.obsm["biossl_proba"], dtype=np.float64), method="isotonic"

@@ -42,7 +42,7 @@ COLUMNS = ("auroc_confidence", "auroc_raw_confidence", "auroc_novelty_position",
 def run_dataset(name: str, seeds: list[int], k: int = 5) -> dict:
     import biossl
     from biossl.metrics import auroc, fewlabel_split
-    from biossl.tl.annotate import connectivities
+    from biossl.tl._propagation import connectivities
     from biossl.tl.calibrate import novelty_score
 
     adata = load_embedded(name)

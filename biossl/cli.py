@@ -335,7 +335,7 @@ def _embed(adata, *, model, batch_key, layer, n_latent, max_steps, seed, device,
 
 def _check_labels(adata, labels_key: str, unlabeled_category: str | None) -> tuple[int, int]:
     """Fail fast (before training) on an unusable labels column; returns (n labelled, n types)."""
-    from .tl.annotate import split_labels
+    from .tl._propagation import split_labels
 
     codes, classes = split_labels(adata, labels_key, unlabeled_category)
     return int((codes >= 0).sum()), len(classes)
@@ -659,7 +659,7 @@ def fit_reference(
     with _threads(threads):
         import biossl
 
-        from .tl.annotate import label_codes
+        from .tl._propagation import label_codes
 
         adata = _read(input_path)
         _counts_from_raw(adata, layer)
@@ -782,7 +782,7 @@ def evaluate(
         _counts_from_raw(adata, layer)
         if labels_key not in adata.obs:
             raise CliError(f"labels_key={labels_key!r} is not a column of obs (have: {list(adata.obs.columns)[:10]}).")
-        from .tl.annotate import label_codes
+        from .tl._propagation import label_codes
 
         codes, classes = label_codes(adata, labels_key, unlabeled_category)
         known = codes >= 0

@@ -92,7 +92,7 @@ def test_annotate_confidence_is_calibrated_on_pbmc(pbmc_graph):
 
 def test_self_training_warm_start_lands_where_a_cold_fit_does(pbmc_graph):
     """Calibration folds start self-training from the full fit (``init``), which must not change the answer."""
-    from biossl.tl.annotate import connectivities, label_codes, propagate_labels, self_train
+    from biossl.tl._propagation import connectivities, label_codes, propagate_labels, self_train
 
     _label(pbmc_graph, 5)
     codes, classes = label_codes(pbmc_graph, "labels", None)
@@ -138,7 +138,7 @@ def test_novelty_flags_a_type_without_labels(pbmc_graph):
 def test_novelty_reads_expression_where_the_graph_glues_a_type_to_its_neighbour(pbmc_graph, seed):
     """CD14+ monocytes with no label sit next to FCGR3A+ monocytes and DCs: by position alone they rank at
     AUROC 0.77 (benchmarks/novel_types.py, seeds 0-2), their expression gives them away."""
-    from biossl.tl.annotate import connectivities
+    from biossl.tl._propagation import connectivities
     from biossl.tl.calibrate import novelty_score
 
     mask = _label(pbmc_graph, 5, seed, drop="CD14+ Mono")
@@ -152,7 +152,7 @@ def test_novelty_reads_expression_where_the_graph_glues_a_type_to_its_neighbour(
 
 
 def test_novelty_without_raw_counts_uses_position_only(pbmc_graph, caplog):
-    from biossl.tl.annotate import connectivities
+    from biossl.tl._propagation import connectivities
     from biossl.tl.calibrate import novelty_score
 
     mask = _label(pbmc_graph, 5, drop="B")

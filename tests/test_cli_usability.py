@@ -14,7 +14,7 @@ from test_cli import ok, run  # the CLI runner helpers shared with test_cli.py
 from biossl.cli import cli_message
 from biossl.pp import find_counts
 from biossl.report import natural_key
-from biossl.tl.annotate import label_codes
+from biossl.tl._propagation import label_codes
 
 
 def one_error(result, *needles: str) -> str:

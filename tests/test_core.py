@@ -301,7 +301,7 @@ def test_end_to_end_pbmc_5_labels(pbmc_full, model, floor):
 
 
 def test_estimate_class_prior_shrinks_rare_classes_only():
-    from biossl.tl.annotate import estimate_class_prior
+    from biossl.tl._propagation import estimate_class_prior
 
     # 3 classes; calls: 60 cells class 0, 35 class 1, 5 class 2 -> shares (add-one) 61/103, 36/103, 6/103
     F = np.zeros((100, 3))
@@ -340,7 +340,7 @@ def test_class_prior_must_be_known(pbmc_embedded):
 
 def test_prebuilt_spreading_operator_gives_the_same_propagation(pbmc_embedded):
     from biossl import graph
-    from biossl.tl.annotate import class_balanced_seeds, split_labels
+    from biossl.tl._propagation import class_balanced_seeds, split_labels
 
     codes, classes = split_labels(pbmc_embedded, "labels", "Unknown")
     W = pbmc_embedded.obsp["biossl_connectivities"]

@@ -20,6 +20,8 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from ._propagation import rank01
+
 logger = logging.getLogger("biossl")
 
 __all__ = [
@@ -196,13 +198,6 @@ def calibrate_annotation(
     return out, info
 
 
-def _rank01(x: np.ndarray) -> np.ndarray:
-    """Ranks scaled to (0, 1] (ties share the average rank): a scale-free version of ``x``."""
-    from scipy.stats import rankdata
-
-    return rankdata(x) / len(x)
-
-
 def novelty_score(
     W: sp.csr_matrix,
     codes: np.ndarray,
@@ -243,21 +238,21 @@ def novelty_score(
     seeds[labelled, 0] = 1.0 / labelled.sum()
     degree = np.asarray(W.sum(1)).ravel()
     mass = graph.propagate(W, seeds, alpha=alpha)[:, 0] / np.sqrt(np.maximum(degree, 1e-12))
-    score = _rank01(-mass)
+    score = rank01(-mass)
     if rep is not None:
         from sklearn.neighbors import NearestNeighbors
 
         rep = np.asarray(rep, dtype=np.float64)
         dist = NearestNeighbors(n_neighbors=1).fit(rep[labelled]).kneighbors(rep)[0][:, 0]
-        score = np.maximum(score, _rank01(dist))
+        score = np.maximum(score, rank01(dist))
     if counts is not None:
-        score = (score + _rank01(-_expression_ratio(W, codes, counts, batches, alpha))) / 2
+        score = (score + rank01(-_expression_ratio(W, codes, counts, batches, alpha))) / 2
     return score
 
 
 def _expression_ratio(W: sp.csr_matrix, codes: np.ndarray, counts, batches: np.ndarray | None, alpha: float):
     """:func:`biossl.tl.reference.expression_ratio` of each cell against its propagated class."""
-    from .annotate import propagate_labels
+    from ._propagation import propagate_labels
     from .reference import class_profiles, expression_ratio
 
     n_classes = int(codes.max()) + 1
@@ -302,7 +297,7 @@ def novelty(
     type) its AUROC was 0.88 / 0.92 / 1.00 on pbmc3k / baron_mouse / cellbench, against 0.54-0.73 for
     ``1 - biossl_confidence``.
     """
-    from .annotate import _graph_representation, connectivities, label_codes
+    from ._propagation import connectivities, graph_representation, label_codes
 
     codes, _ = label_codes(adata, labels_key, unlabeled_category)
     if not (codes >= 0).any():
@@ -315,7 +310,7 @@ def novelty(
     except ValueError as err:  # e.g. only log-normalised values: the position view still works
         logger.warning("novelty: %s; scoring by graph position only, without the expression view.", err)
         counts, batches = None, None
-    score = novelty_score(W, codes, _graph_representation(adata, neighbors_key), counts=counts, batches=batches)
+    score = novelty_score(W, codes, graph_representation(adata, neighbors_key), counts=counts, batches=batches)
     score[codes >= 0] = 0.0
     adata = adata.copy() if copy else adata
     adata.obs[key_added] = score.astype(np.float32)

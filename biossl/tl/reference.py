@@ -21,7 +21,7 @@ from .._check import check_fraction, check_int
 from .._record import record, versions
 from ..pp import check_anndata, check_batch, find_counts
 from ._pca import pca_latent
-from .annotate import UNKNOWN, _normalise_rows, annotation_predictor, label_codes, propagate_labels, self_train
+from ._propagation import UNKNOWN, annotation_predictor, label_codes, normalise_rows, propagate_labels, self_train
 
 if TYPE_CHECKING:
     from ..model import EmbeddingModel
@@ -358,7 +358,7 @@ def map_query(
     W = graph.gaussian_affinity(idx, dist)
     seeds = np.concatenate([reference.codes, np.full(adata.n_obs, -1)])
     proba, _, _ = propagate_labels(W, seeds, len(reference.classes), alpha=alpha)
-    proba, confidence, pred = _normalise_rows(self_train(joint, seeds, proba, seed=seed))
+    proba, confidence, pred = normalise_rows(self_train(joint, seeds, proba, seed=seed))
     proba, confidence, pred = proba[n_ref:], confidence[n_ref:], pred[n_ref:]
     trained = reference.trained_index
     distance = mapping_score(
@@ -469,7 +469,7 @@ def _refine_on_query(X, present, batches, proba, pred, confidence, score, thresh
     top = full.argmax(1)
     unknown = (full.sum(1) == 0) | (top == n_classes)
     known = full[:, :n_classes]
-    proba, top_known, pred = _normalise_rows(known)
+    proba, top_known, pred = normalise_rows(known)
     confidence = top_known * known.sum(1) / np.maximum(full.sum(1), 1e-12)
     return proba, confidence, pred, unknown | (pred < 0)
 

@@ -9,15 +9,15 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from .._record import record
-from .annotate import (
-    _graph_representation,
-    _normalise_rows,
+from ._propagation import (
     connectivities,
+    graph_representation,
     label_codes,
+    normalise_rows,
     propagate_labels,
+    rank01,
     self_train,
 )
-from .calibrate import _rank01
 
 logger = logging.getLogger("biossl")
 
@@ -50,12 +50,12 @@ def suggestion_scores(
     """
     n = W.shape[0]
     degree = np.asarray(W.sum(1)).ravel()
-    density = _rank01(degree)
+    density = rank01(degree)
     labelled = codes >= 0
     if n_classes >= 2:
         proba, _, pred = propagate_labels(W, codes, n_classes, alpha=alpha, class_prior="estimate")
         if rep is not None:
-            proba, _, pred = _normalise_rows(self_train(rep, codes, proba))
+            proba, _, pred = normalise_rows(self_train(rep, codes, proba))
         top2 = -np.sort(-proba, axis=1)[:, :2]
         uncertainty = np.where(pred >= 0, 1.0 - (top2[:, 0] - top2[:, 1]), 1.0)
     else:
@@ -69,7 +69,7 @@ def suggestion_scores(
         mass = graph.propagate(W, seeds, alpha=alpha)[:, 0]
         # per unit degree: better picks than per sqrt(degree) on pbmc3k (+0.028 vs +0.010, benchmarks/active.py)
         mass = mass / np.maximum(degree, 1e-12)
-        coverage = 1.0 - _rank01(mass)
+        coverage = 1.0 - rank01(mass)
     else:
         coverage = np.ones(n)
     info = np.maximum(uncertainty, coverage)
@@ -204,7 +204,7 @@ def suggest_labels(
     W = connectivities(adata, neighbors_key)
     if W.shape != (adata.n_obs, adata.n_obs):
         raise ValueError(f"the graph has shape {W.shape} but adata has {adata.n_obs} cells; rebuild it.")
-    rep = _graph_representation(adata, neighbors_key) if refine and len(classes) >= 2 else None
+    rep = graph_representation(adata, neighbors_key) if refine and len(classes) >= 2 else None
     parts = suggestion_scores(W, codes, len(classes), rep=rep, alpha=alpha, density_weight=density_weight)
     groups = parts["predicted"] if balance else None
     chosen = _diverse_top(W, parts["score"], unlabelled, int(n), int(hops), groups)
