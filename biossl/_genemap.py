@@ -87,8 +87,8 @@ def _read_table(path: str | os.PathLike, option: str) -> tuple[pd.DataFrame, str
     return tab, name
 
 
-def rename_genes(names, one_to_one: Mapping[str, str], report: dict) -> tuple[np.ndarray, dict]:
-    """New identifiers of ``names`` (None where a gene has no one-to-one partner) and the report, with counts."""
+def rename_genes(names, one_to_one: Mapping[str, str], report: dict) -> tuple[np.ndarray, np.ndarray, dict]:
+    """New identifiers of ``names`` (None where a gene has no one-to-one partner), which were renamed, and a report."""
     names = [str(g) for g in names]
     new = np.array([one_to_one.get(g) for g in names], dtype=object)
     mapped = new != None  # noqa: E711 (elementwise on an object array)
@@ -99,4 +99,4 @@ def rename_genes(names, one_to_one: Mapping[str, str], report: dict) -> tuple[np
         "fraction_renamed": float(mapped.mean()) if len(names) else 0.0,
         "unmapped_examples": [g for g, m in zip(names, mapped, strict=True) if not m][:10],
     }
-    return new, report
+    return new, mapped, report

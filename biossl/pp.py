@@ -438,8 +438,7 @@ def map_genes(
     min_overlap = check_fraction("min_overlap", min_overlap)
     one_to_one, report = read_gene_map(gene_map)
     old = gene_ids(adata, gene_key)
-    new, report = rename_genes(old, one_to_one, report)
-    keep = new != None  # noqa: E711 (elementwise on an object array)
+    new, keep, report = rename_genes(old, one_to_one, report)
     if report["fraction_renamed"] < min_overlap or keep.sum() < 2:
         raise ValueError(
             f"gene_map renames only {int(keep.sum())} of {len(old)} genes ({report['fraction_renamed']:.0%}; "

@@ -53,9 +53,9 @@ def align_genes(
     if gene_map is not None:
         from .._genemap import read_gene_map, rename_genes
 
-        new, rename_report = rename_genes(names, *read_gene_map(gene_map))
+        new, renamed, rename_report = rename_genes(names, *read_gene_map(gene_map))
         # a gene without a one-to-one partner gets a name no model gene has (unique, so the lookup stays valid)
-        names = pd.Index([n if n is not None else f"\0unmapped:{g}" for n, g in zip(new, names, strict=True)])
+        names = pd.Index(np.where(renamed, new, "\0unmapped:" + np.asarray(names, dtype=object)).astype(str))
     key = (lambda s: s) if case_sensitive else (lambda s: s.upper())
     lookup = pd.Index([key(g) for g in names])
     if not lookup.is_unique:
