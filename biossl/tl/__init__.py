@@ -1,10 +1,10 @@
 """Tools: embed cells, build the graph, annotate from few labels or from a reference."""
 
-from .annotate import annotate
+from ._annotate import annotate
+from ._embed import embed
+from ._neighbors import neighbors
 from .calibrate import novelty
-from .embed import embed
 from .genes import gene_function
-from .neighbors import neighbors
 from .reference import fit_reference, map_query
 from .suggest import suggest_labels
 
