@@ -1,13 +1,17 @@
-"""Atomic file writes for the CLI and the workflow: a failed or killed run never leaves a partial output.
+"""Atomic writes for the API, the CLI and the workflow: a failed or killed run never leaves a partial output.
 
-Every writer goes through :func:`atomic_path`: write to a temporary file in the target's directory,
-flush it to disk, then ``os.replace`` it over the target (atomic on POSIX within one file system).
+Every file goes through :func:`atomic_path` and every directory (model, reference) through :func:`atomic_dir`:
+write to a temporary path next to the target, flush it to disk, then ``os.replace`` it over the target
+(atomic on POSIX within one file system). Outputs get the mode a new file would get (``0o666`` minus the
+umask; directories ``0o777`` minus the umask). Temporary paths of unfinished writes are kept in one registry,
+which :func:`install_sigterm_cleanup` empties when the process is terminated.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -17,17 +21,93 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from anndata import AnnData
 
-__all__ = ["atomic_path", "read_h5ad", "write_figure_atomic", "write_h5ad_atomic", "write_text_atomic"]
+__all__ = [
+    "OutputExistsError",
+    "atomic_dir",
+    "atomic_path",
+    "install_sigterm_cleanup",
+    "read_h5ad",
+    "write_figure_atomic",
+    "write_h5ad_atomic",
+    "write_text_atomic",
+]
 
 
-_IN_FLIGHT: set[Path] = set()  # temp files of writes in progress (removed by remove_temp_files on SIGTERM)
+_IN_FLIGHT: set[Path] = set()  # temp files and directories of writes in progress (removed on SIGTERM)
+
+
+class OutputExistsError(FileExistsError, ValueError):
+    """An output exists and replacing it was not asked for.
+
+    A :class:`FileExistsError` for ``except`` clauses around file writes and a :class:`ValueError` like every
+    other bad argument of the API.
+    """
 
 
 def remove_temp_files() -> None:
-    """Delete the temporary files of writes still in progress (for a signal handler that is about to exit)."""
+    """Delete the temporary files and directories of writes still in progress (for a handler about to exit)."""
     for tmp in list(_IN_FLIGHT):
-        with contextlib.suppress(OSError):
+        _remove(tmp)
+
+
+def _remove(tmp: Path) -> None:
+    with contextlib.suppress(OSError):
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp)
+        else:
             tmp.unlink()
+
+
+def install_sigterm_cleanup(on_exit=None):
+    """On SIGTERM delete the temp paths of unfinished writes, call ``on_exit()``, then exit with 128 + 15.
+
+    Exiting from the handler (rather than raising) cannot be swallowed by a library, so an output is either
+    complete or absent. Installed only in the main thread and only when nobody else handles SIGTERM.
+
+    Returns
+    -------
+    A function that restores the previous handler, or None when nothing was installed.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is not signal.SIG_DFL:
+        return None
+
+    def handler(signum: int, _frame) -> None:
+        remove_temp_files()
+        if on_exit is not None:
+            with contextlib.suppress(Exception):
+                on_exit()
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+def _mode(base: int = 0o666) -> int:
+    """The mode a new file (``0o666``) or directory (``0o777``) gets under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return base & ~umask
+
+
+def _check_target(path: Path, *, overwrite: bool, directory: bool) -> Path:
+    """Refuse an existing target (unless ``overwrite``) or one of the wrong kind; return its parent, created."""
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path} already exists; pass --force (overwrite=True) to replace it.")
+    if path.exists() and path.is_dir() != directory:
+        kind = "is a directory, not a file path" if path.is_dir() else "exists and is not a directory"
+        raise (IsADirectoryError if path.is_dir() else NotADirectoryError)(f"{path} {kind}.")
+    parent = path.parent
+    blocker = next((p for p in (parent, *parent.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():  # mkdir would say "File exists", which reads like path exists
+        raise NotADirectoryError(f"cannot write {str(path)!r}: {str(blocker)!r} is a file, not a directory.")
+    parent.mkdir(parents=True, exist_ok=True)
+    return parent
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -52,18 +132,10 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator
     path
         Final location. Its directory is created if missing.
     overwrite
-        Replace an existing ``path``; otherwise raise :class:`FileExistsError` before anything is written.
+        Replace an existing ``path``; otherwise raise :class:`OutputExistsError` before anything is written.
     """
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass --force (overwrite=True) to replace it.")
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a directory, not a file path.")
-    directory = path.parent
-    blocker = next((p for p in (directory, *directory.parents) if p.exists()), None)
-    if blocker is not None and not blocker.is_dir():  # mkdir would say "File exists", which reads like path exists
-        raise NotADirectoryError(f"cannot write {str(path)!r}: {str(blocker)!r} is a file, not a directory.")
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = _check_target(path, overwrite=overwrite, directory=False)
     # keep the suffix: some writers (anndata, matplotlib) look at it
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=directory)
     os.close(fd)
@@ -73,15 +145,59 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, _mode())
         os.replace(tmp, path)
         _fsync_dir(directory)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        _remove(tmp)
         _IN_FLIGHT.discard(tmp)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory next to ``path``; on success it replaces ``path``, on failure it is deleted.
+
+    The caller writes the files. Each is fsynced and given the mode a new file would get; the directory gets
+    ``0o777`` minus the umask. An existing ``path`` (with ``overwrite``) is swapped out and deleted only after
+    the new directory is in place.
+
+    Parameters
+    ----------
+    path
+        Final directory. Its parent is created if missing.
+    overwrite
+        Replace an existing directory; otherwise raise :class:`OutputExistsError` before anything is written.
+    """
+    path = Path(path)
+    parent = _check_target(path, overwrite=overwrite, directory=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent))
+    _IN_FLIGHT.add(tmp)
+    old = None
+    try:
+        yield tmp
+        for child in tmp.rglob("*"):
+            if child.is_file():
+                with open(child, "rb") as fh:
+                    os.fsync(fh.fileno())
+                os.chmod(child, _mode())
+        os.chmod(tmp, _mode(0o777))  # mkdtemp makes 0700; a model directory is shared like any other
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=parent))
+            os.replace(path, old / path.name)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                os.replace(old / path.name, path)  # put the user's directory back
+                raise
+            _IN_FLIGHT.add(old)
+        else:
+            os.replace(tmp, path)
+        _fsync_dir(parent)
+    finally:
+        for leftover in (tmp, old):
+            if leftover is not None:
+                _remove(leftover)
+                _IN_FLIGHT.discard(leftover)
 
 
 def write_h5ad_atomic(adata: AnnData, path: str | os.PathLike, *, overwrite: bool = False) -> Path:

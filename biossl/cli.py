@@ -435,30 +435,14 @@ def main() -> None:
 
 
 def _exit_on_sigterm() -> None:
-    """On SIGTERM (Snakemake, SLURM, ``kill``) delete the temp files of unfinished writes, then exit 143.
+    """On SIGTERM (Snakemake, SLURM, ``kill``) delete the temp paths of unfinished writes, then exit 143."""
+    from ._io import install_sigterm_cleanup
 
-    Exiting from the handler (rather than raising) cannot be swallowed by a library; an output is
-    either complete or absent. Only in the main thread and only when nobody else handles SIGTERM.
-    """
-    import signal
-    import threading
-
-    from ._io import remove_temp_files
-
-    if threading.current_thread() is not threading.main_thread():
-        return
-    previous = signal.getsignal(signal.SIGTERM)
-    if previous is not signal.SIG_DFL:
-        return
-
-    def handler(signum: int, _frame) -> None:
-        remove_temp_files()
-        with contextlib.suppress(Exception):
-            click.echo("error: terminated (SIGTERM); unfinished outputs were removed.", err=True)
-        os._exit(128 + signum)
-
-    signal.signal(signal.SIGTERM, handler)
-    click.get_current_context().call_on_close(lambda: signal.signal(signal.SIGTERM, previous))
+    restore = install_sigterm_cleanup(
+        lambda: click.echo("error: terminated (SIGTERM); unfinished outputs were removed.", err=True)
+    )
+    if restore is not None:
+        click.get_current_context().call_on_close(restore)
 
 
 # ---------------------------------------------------------------------------------------------------------------

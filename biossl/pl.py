@@ -407,17 +407,7 @@ def gene_function_roc(
 
 
 def save_figure(fig, path: str | os.PathLike) -> None:
-    """Save a figure atomically (temp file in the same directory, then rename)."""
-    import tempfile
+    """Save a figure atomically, replacing ``path`` (format from the suffix; :mod:`biossl._io`)."""
+    from ._io import write_figure_atomic
 
-    path = os.fspath(path)
-    ext = os.path.splitext(path)[1] or ".png"
-    fd, tmp = tempfile.mkstemp(prefix=".biossl.", suffix=ext, dir=os.path.dirname(os.path.abspath(path)))
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    write_figure_atomic(fig, path, overwrite=True)

@@ -142,6 +142,64 @@ def test_atomic_path_refuses_a_file_as_directory(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]
 
 
+_KILL_IN_DIR_WRITE = """
+import os, signal, sys
+from biossl._io import install_sigterm_cleanup
+from biossl.model.io import write_dir_atomic
+
+class KillWhilePickled:
+    def __reduce__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return (int, (0,))
+
+install_sigterm_cleanup()
+write_dir_atomic(sys.argv[1], {"config.json": {"a": 1}, "model.pt": {"w": KillWhilePickled()}}, overwrite=True)
+"""
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_sigterm_mid_directory_write_leaves_no_temp_directory(tmp_path, existing):
+    """A model or reference directory killed while being written: no ``.ref.*`` left, the old one kept."""
+    target = tmp_path / "ref"
+    if existing:
+        target.mkdir()
+        (target / "config.json").write_text("old")
+    proc = subprocess.run([sys.executable, "-c", _KILL_IN_DIR_WRITE, str(target)], capture_output=True, timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr.decode()[-500:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["ref"] if existing else [])
+    if existing:
+        assert (target / "config.json").read_text() == "old"
+
+
+def test_every_writer_gives_the_same_file_mode(tmp_path, sim):
+    """Figures saved by ``pl.*(save=...)``, model directories and h5ad files all get 0o666/0o777 minus the umask."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    import biossl
+
+    old = os.umask(0o022)
+    try:
+        fig = plt.figure()
+        biossl.pl.save_figure(fig, tmp_path / "fig.png")
+        plt.close(fig)
+        model = biossl.tl.embed(sim.copy(), model="ae", max_steps=2, device="cpu", return_model=True)
+        model.save(tmp_path / "model")
+        _io.write_h5ad_atomic(sim, tmp_path / "out.h5ad")
+    finally:
+        os.umask(old)
+    modes = {p.relative_to(tmp_path).as_posix(): p.stat().st_mode & 0o777 for p in tmp_path.rglob("*")}
+    assert modes == {
+        "fig.png": 0o644, "model": 0o755, "model/config.json": 0o644, "model/model.pt": 0o644, "out.h5ad": 0o644,
+    }  # fmt: skip
+    with pytest.raises(FileExistsError, match="already exists"):
+        model.save(tmp_path / "model")
+    with pytest.raises(ValueError, match="already exists"):
+        model.save(tmp_path / "model")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # safe loading of reference directories (model directories: tests/test_model_io.py)
 

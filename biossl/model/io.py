@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -18,22 +16,13 @@ WEIGHTS, CONFIG = "model.pt", "config.json"
 
 
 def write_dir_atomic(path: str | os.PathLike, files: dict[str, object], *, overwrite: bool = False) -> Path:
-    """Write a directory of files atomically: build it next to ``path``, then rename it into place.
+    """Write a directory of files atomically (:func:`biossl._io.atomic_dir`).
 
     ``files`` maps a file name to a state dict (saved with torch), a dict (JSON) or bytes.
     """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise ValueError(f"{path} already exists; pass overwrite=True (CLI: --force) to replace it.")
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{path} exists and is not a directory.")
-    parent = path.parent if str(path.parent) else Path(".")
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a model directory is shared like any other
-    try:
+    from .._io import atomic_dir
+
+    with atomic_dir(path, overwrite=overwrite) as tmp:
         for name, obj in files.items():
             target = tmp / name
             if isinstance(obj, bytes):
@@ -42,19 +31,7 @@ def write_dir_atomic(path: str | os.PathLike, files: dict[str, object], *, overw
                 target.write_text(json.dumps(obj, indent=2, sort_keys=True))
             else:
                 torch.save(obj, target)
-            with open(target, "rb") as fh:
-                os.fsync(fh.fileno())
-        old = None
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=parent))
-            os.replace(path, old / "d")
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
+    return Path(path)
 
 
 def read_config(path: str | os.PathLike, required: tuple[str, ...] = (WEIGHTS, CONFIG)) -> dict:
