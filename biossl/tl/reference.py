@@ -19,12 +19,40 @@ from anndata import AnnData
 from .. import graph
 from .._check import check_fraction, check_int
 from .._record import record, versions
+from .._types import Device
 from ..pp import check_anndata, check_batch, find_counts
-from ._pca import pca_latent
-from ._propagation import UNKNOWN, annotation_predictor, label_codes, normalise_rows, propagate_labels, self_train
+from ._mapping import (
+    AUTO_MAPPING_THRESHOLD,
+    MAPPING_NEIGHBORS,
+    REFINE_MAPPING_THRESHOLD,
+    REFINE_MIN_CELLS,
+    WIDE_SHARE_NEIGHBORS,
+    calibrate_mapping,
+    class_profiles,
+    expression_match,
+    expression_ratio,
+    mapping_score,
+    query_batches,
+    reference_share,
+    refine_on_query,
+    two_scale_share,
+)
+from ._propagation import UNKNOWN, label_codes, normalise_rows, propagate_labels, self_train
 
 if TYPE_CHECKING:
     from ..model import EmbeddingModel
+
+__all__ = [
+    "Reference",
+    "class_profiles",
+    "expression_match",
+    "expression_ratio",
+    "fit_reference",
+    "map_query",
+    "mapping_score",
+    "reference_share",
+    "two_scale_share",
+]  # the scores live in ._mapping; named here too, where map_query's documentation points
 
 logger = logging.getLogger("biossl")
 
@@ -90,7 +118,7 @@ class Reference:
         )
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, device: str = "auto") -> Reference:
+    def load(cls, path: str | os.PathLike, *, device: Device | str = "auto") -> Reference:
         """Load a reference directory (weights only; ``reference.npz`` read without pickle)."""
         from ..model import EmbeddingModel
         from ..model.io import CONFIG, WEIGHTS, read_config
@@ -136,7 +164,7 @@ def fit_reference(
     max_steps: int = 3000,
     gene_key: str | None = None,
     seed: int = 0,
-    device: str = "auto",
+    device: Device | str = "auto",
     progress: bool | None = None,
 ) -> Reference:
     """Train a reference: a count VAE on ``adata`` plus its latent and labels.
@@ -192,7 +220,7 @@ def fit_reference(
         "batch_key": batch_key,
         "gene_key": gene_key,
         "n_cells": int(adata.n_obs),
-        "distance_threshold": _calibrate_mapping(latent, model.validation_index, codes),
+        "distance_threshold": calibrate_mapping(latent, model.validation_index, codes),
     }
     profiles, similarity = class_profiles(counts, codes, len(classes))
     return Reference(model, latent, codes, classes, meta, model.validation_index, profiles, similarity)
@@ -229,7 +257,7 @@ def map_query(
     gene_key: str | None = None,
     gene_map=None,
     seed: int = 0,
-    device: str = "auto",
+    device: Device | str = "auto",
     progress: bool | None = None,
     copy: bool = False,
 ) -> AnnData | None:
@@ -307,8 +335,6 @@ def map_query(
     ``obs["{key_added}_confidence"]``, ``obsm["{key_added}_proba"]``, ``obs["{key_added}_mapping_score"]``,
     ``uns["biossl"]["classes"]``, ``uns["biossl"]["gene_overlap"]`` and ``uns["biossl"]["map_query"]``.
     """
-    from ..model import align_genes
-
     unknown_threshold = check_fraction("unknown_threshold", unknown_threshold, allow_none=True)
     if not (isinstance(mapping_threshold, str) and mapping_threshold == "auto"):
         if (
@@ -330,485 +356,143 @@ def map_query(
     check_anndata(adata)
     if not isinstance(reference, Reference):
         reference = Reference.load(reference, device=device)
-    model = reference.model
-    where = find_counts(adata)
-    X, present, overlap = align_genes(
-        adata,
-        model.genes,
-        counts=where,
-        min_overlap=min_overlap,
-        case_sensitive=case_sensitive,
-        gene_key=gene_key,
-        gene_map=gene_map,
-    )
-    batch = check_batch(adata, batch_key)
-    codes, new = _query_batches(model, batch, adata.n_obs)
-    if new and fine_tune_steps > 0:
-        model = model.adapt(X, new, codes, gene_mask=present, max_steps=fine_tune_steps, seed=seed, progress=progress)
-    elif new:
-        codes = np.where(codes >= len(model.batches), -1, codes)
-    latent = model.embed_counts(X, codes)
-
-    n_ref = reference.latent.shape[0]
-    joint = np.vstack([reference.latent, latent])
-    k = int(min(n_neighbors, joint.shape[0] - 1))
-    wide_k = int(min(WIDE_SHARE_NEIGHBORS, joint.shape[0] - 1))
-    wide_idx, wide_dist = graph.knn(joint, max(k, wide_k), seed=seed)  # one search serves both scales
-    idx, dist = wide_idx[:, :k], wide_dist[:, :k]
-    W = graph.gaussian_affinity(idx, dist)
-    seeds = np.concatenate([reference.codes, np.full(adata.n_obs, -1)])
-    proba, _, _ = propagate_labels(W, seeds, len(reference.classes), alpha=alpha)
-    proba, confidence, pred = normalise_rows(self_train(joint, seeds, proba, seed=seed))
-    proba, confidence, pred = proba[n_ref:], confidence[n_ref:], pred[n_ref:]
-    trained = reference.trained_index
-    distance = mapping_score(
-        reference.latent[trained], latent, MAPPING_NEIGHBORS, ref_codes=reference.codes[trained], query_codes=pred
-    )
-    distance_threshold = reference.meta.get("distance_threshold")
-    if distance_threshold is None:  # saved before the class-aware distance: calibrate it now
-        distance_threshold = _calibrate_mapping(reference.latent, reference.held_out, reference.codes)
-    share = two_scale_share(wide_idx, k, reference.codes, proba, batches=codes)
-    score = share * np.minimum(1.0, distance / max(float(distance_threshold), 1e-12))
-    if reference.profiles is not None:  # references saved before biossl kept class profiles go without
-        query_neighbors = np.where(idx[n_ref:] >= n_ref, idx[n_ref:] - n_ref, -1)
-        sizes = np.bincount(reference.codes[reference.codes >= 0], minlength=len(reference.classes))
-        score = score * expression_match(
-            X, present, pred, query_neighbors, reference.profiles, reference.profile_similarity, sizes, batches=codes
-        )
-    refine = bool(refine) and adata.n_obs >= REFINE_MIN_CELLS
-    # how well the query mixes with the reference in the joint graph (1 = as if one data set)
-    mixing = graph.batch_mixing(idx, np.arange(joint.shape[0]) < n_ref)["score"]
-    if mapping_threshold == "auto":
-        mapping_threshold = REFINE_MAPPING_THRESHOLD if refine else AUTO_MAPPING_THRESHOLD
-    if refine:
-        proba, confidence, pred, unknown = _refine_on_query(
-            X, present, codes, proba, pred, confidence, score, mapping_threshold, len(reference.classes), k, alpha, seed
-        )
-    else:
-        unknown = (pred < 0) | (score < mapping_threshold)
-    if unknown_threshold is not None:
-        unknown |= confidence < unknown_threshold
-    classes = reference.classes
-    names = np.array([*classes, UNKNOWN], dtype=object)
-    labels = pd.Categorical(names[np.where(unknown, len(classes), pred)], categories=[*classes, UNKNOWN])
-
-    adata = adata.copy() if copy else adata
-    adata.obsm["X_biossl"] = latent
-    adata.obs[f"{key_added}_label"] = pd.Series(labels, index=adata.obs_names)
-    adata.obs[f"{key_added}_confidence"] = confidence.astype(np.float32)
-    adata.obs[f"{key_added}_mapping_score"] = score.astype(np.float32)
-    adata.obsm[f"{key_added}_proba"] = proba.astype(np.float32)
-    record(adata, "gene_overlap", overlap)
-    record(
-        adata,
-        "map_query",
-        {
-            "reference_cells": int(n_ref),
-            "new_batches": list(new),
-            "fine_tune_steps": int(fine_tune_steps) if new else 0,
-            "n_neighbors": k,
-            "alpha": alpha,
-            "mapping_threshold": mapping_threshold,
-            "refine": refine,
-            "reference_mixing": mixing,
-            "distance_threshold": float(distance_threshold),
-            "wide_share_neighbors": wide_k,
-            "unknown_threshold": unknown_threshold,
-            "key_added": key_added,
-            "n_unknown": int(unknown.sum()),
-            "seed": seed,
-            "versions": versions(),
-        },
-    )
-    adata.uns["biossl"]["classes"] = list(classes)
-    logger.info(
-        "map_query: %d of %d model genes matched; %d cells, %d Unknown",
-        overlap["n_matched"], overlap["n_model_genes"], adata.n_obs, int(unknown.sum()),
+    mapping = _QueryMapping(reference, n_neighbors=n_neighbors, alpha=alpha, seed=seed)
+    mapping.embed(
+        adata, batch_key, fine_tune_steps=fine_tune_steps, min_overlap=min_overlap, case_sensitive=case_sensitive,
+        gene_key=gene_key, gene_map=gene_map, progress=progress,
     )  # fmt: skip
+    mapping.propagate()
+    mapping.score()
+    mapping.settle(mapping_threshold, refine=bool(refine), unknown_threshold=unknown_threshold)
+    adata = adata.copy() if copy else adata
+    mapping.write(adata, key_added)
     return adata if copy else None
 
 
-def _refine_on_query(X, present, batches, proba, pred, confidence, score, threshold, n_classes, k, alpha, seed):
-    """Propagate the mapped calls over the query's own graph, with an Unknown class seeded by low mapping scores.
+class _QueryMapping:
+    """The stages of :func:`map_query`, in order: embed, propagate, score, settle, write.
 
-    Seeds: per predicted class, the more confident half of its cells whose score reaches ``threshold``; and the
-    lower-scoring half of the cells below it, as class ``n_classes`` (Unknown). The propagated probabilities are
-    averaged with the mapped ones (``proba``; Unknown for cells below ``threshold``). Returns the class probabilities
-    (reference classes, rows summing to 1 or 0), the confidence (top class probability times the share not
-    given to Unknown), the predicted code and the Unknown mask.
+    Each stage keeps what the next one needs as attributes; none of them changes the query AnnData but ``write``.
     """
-    n = X.shape[0]
-    if hasattr(X, "to_csr"):  # a backed query: the rows are read from disk (RowReader)
-        X = X.to_csr()
-    counts = X[:, np.flatnonzero(np.asarray(present) > 0)]
-    latent, _ = pca_latent(counts, 50, seed, batch=np.asarray(batches).astype(str))
-    idx, dist = graph.knn(latent, int(min(k, n - 1)), seed=seed)
-    W = graph.gaussian_affinity(idx, dist)
-    seeds = np.full(n, -1, dtype=np.int64)
-    low = score < threshold
-    for c in np.unique(pred[(pred >= 0) & ~low]):
-        members = np.flatnonzero((pred == c) & ~low)
-        n_seeds = max(1, int(len(members) * REFINE_SEED_FRACTION))
-        seeds[members[np.argsort(-confidence[members], kind="stable")[:n_seeds]]] = c
-    low_cells = np.flatnonzero(low)
-    n_seeds = int(len(low_cells) * REFINE_SEED_FRACTION)
-    seeds[low_cells[np.argsort(score[low_cells], kind="stable")[:n_seeds]]] = n_classes
-    used = np.unique(seeds[seeds >= 0])  # propagate over the classes that have seeds only
-    if len(used) < 2 or (seeds < 0).sum() == 0:  # nothing to refine: the mapped calls stand
-        return proba, confidence, pred, (pred < 0) | low
-    compact = np.searchsorted(used, seeds)
-    compact[seeds < 0] = -1
-    predict = annotation_predictor(W, len(used), alpha=alpha, rep=latent.astype(np.float64), class_prior="estimate")
-    full = np.zeros((n, n_classes + 1))
-    full[:, used] = predict(compact)
-    full[seeds >= 0] = np.eye(n_classes + 1)[seeds[seeds >= 0]]  # seeds keep their call
-    mapped = np.zeros((n, n_classes + 1))
-    mapped[:, :n_classes] = proba
-    mapped[low] = np.eye(n_classes + 1)[n_classes]
-    full = REFINE_WEIGHT * full + (1 - REFINE_WEIGHT) * mapped
-    top = full.argmax(1)
-    unknown = (full.sum(1) == 0) | (top == n_classes)
-    known = full[:, :n_classes]
-    proba, top_known, pred = normalise_rows(known)
-    confidence = top_known * known.sum(1) / np.maximum(full.sum(1), 1e-12)
-    return proba, confidence, pred, unknown | (pred < 0)
 
+    def __init__(self, reference: Reference, *, n_neighbors: int, alpha: float, seed: int) -> None:
+        self.reference, self.n_neighbors, self.alpha, self.seed = reference, n_neighbors, alpha, seed
+        self.n_ref = reference.latent.shape[0]
 
-def _query_batches(model: EmbeddingModel, batch: pd.Series | None, n: int) -> tuple[np.ndarray, list[str]]:
-    """Batch codes of query cells in the model's (extended) batch list, and the batches it has not seen."""
-    known = {b: i for i, b in enumerate(model.batches)}
-    if batch is None:
-        if not model.batches:
-            return np.zeros(n, dtype=np.int64), []
-        return np.full(n, len(known), dtype=np.int64), ["query"]
-    values = batch.astype(str).to_numpy()
-    new = [b for b in pd.unique(values) if b not in known]
-    if not model.batches and len(new) == 1:  # a model without batches: one query batch needs no new column
-        return np.zeros(n, dtype=np.int64), []
-    lookup = {**known, **{b: len(known) + i for i, b in enumerate(new)}}
-    return np.array([lookup[b] for b in values], dtype=np.int64), new
+    def embed(
+        self, adata: AnnData, batch_key: str | None, *, fine_tune_steps: int, min_overlap: float,
+        case_sensitive: bool, gene_key: str | None, gene_map, progress: bool | None,
+    ) -> None:  # fmt: skip
+        """Match the genes, fit columns for new batches (``fine_tune_steps``) and embed with the frozen model."""
+        from ..model import align_genes
 
+        model = self.reference.model
+        self.X, self.present, self.overlap = align_genes(
+            adata, model.genes, counts=find_counts(adata), min_overlap=min_overlap,
+            case_sensitive=case_sensitive, gene_key=gene_key, gene_map=gene_map,
+        )  # fmt: skip
+        codes, self.new = query_batches(model, check_batch(adata, batch_key), adata.n_obs)
+        if self.new and fine_tune_steps > 0:
+            model = model.adapt(
+                self.X, self.new, codes, gene_mask=self.present, max_steps=fine_tune_steps, seed=self.seed,
+                progress=progress,
+            )  # fmt: skip
+        elif self.new:
+            codes = np.where(codes >= len(model.batches), -1, codes)
+        self.fine_tune_steps = fine_tune_steps if self.new else 0
+        self.codes = codes
+        self.latent = model.embed_counts(self.X, codes)
 
-# of the combined score with the two-scale share (0.7 with the 15-neighbour share alone); chosen on
-# benchmarks/reference_mapping.py (novel + cross)
-AUTO_MAPPING_THRESHOLD = 0.75
-REFINE_MAPPING_THRESHOLD = 0.5  # with refine: below it a cell may seed the Unknown class (benchmarks/strong_batch.py)
-REFINE_MIN_CELLS = 30
-REFINE_WEIGHT = 0.5  # the query graph's share of the final probabilities (the rest: the mapped ones)
-REFINE_SEED_FRACTION = 0.5  # the share of each class's (and of the low-scoring) cells that seed the refinement
-WIDE_SHARE_NEIGHBORS = 50  # the wider neighbourhood whose reference share steadies the local one
-# weight of the local share in a query batch that barely touches the reference at n_neighbors (0.5 elsewhere):
-# cellbench plates -> rest 0.981 -> 1.000 macro-F1 at an unchanged cellbench novel-type AUROC (0.915 at 0.1 and
-# 0.2; 0 lowered it to 0.888); 0.1 rather than 0.2 because a shorter-trained reference (1000 steps) still called
-# 1.8% of those known cells Unknown at 0.2 (0.9% at 0.1, 5.6% at 0.5). Chosen on benchmarks/reference_mapping.py
-POORLY_MIXED_LOCAL_WEIGHT = 0.1
-MAPPING_NEIGHBORS = 50  # reference cells of the predicted class a query cell is compared with (at most)
-DEFAULT_MAPPING_THRESHOLD = 0.5  # distance threshold of references too small to hold cells out of training
-MAPPING_QUANTILE = 0.01  # share of unseen cells of known types below the distance threshold
+    def propagate(self) -> None:
+        """Join reference and query in one kNN graph and spread the reference labels over it (with self-training)."""
+        ref, n_ref = self.reference, self.n_ref
+        joint = np.vstack([ref.latent, self.latent])
+        self.k = int(min(self.n_neighbors, joint.shape[0] - 1))
+        self.wide_k = int(min(WIDE_SHARE_NEIGHBORS, joint.shape[0] - 1))
+        self.wide_idx, wide_dist = graph.knn(joint, max(self.k, self.wide_k), seed=self.seed)  # serves both scales
+        self.idx = self.wide_idx[:, : self.k]
+        W = graph.gaussian_affinity(self.idx, wide_dist[:, : self.k])
+        seeds = np.concatenate([ref.codes, np.full(self.latent.shape[0], -1)])
+        proba, _, _ = propagate_labels(W, seeds, len(ref.classes), alpha=self.alpha)
+        proba, confidence, pred = normalise_rows(self_train(joint, seeds, proba, seed=self.seed))
+        self.proba, self.confidence, self.pred = proba[n_ref:], confidence[n_ref:], pred[n_ref:]
+        # how well the query mixes with the reference in the joint graph (1 = as if one data set)
+        self.mixing = graph.batch_mixing(self.idx, np.arange(joint.shape[0]) < n_ref)["score"]
 
+    def score(self) -> None:
+        """The mapping score: reference share x distance to the predicted class x expression match (each <= 1)."""
+        ref, n_ref = self.reference, self.n_ref
+        trained = ref.trained_index
+        distance = mapping_score(
+            ref.latent[trained], self.latent, MAPPING_NEIGHBORS, ref_codes=ref.codes[trained], query_codes=self.pred
+        )
+        threshold = ref.meta.get("distance_threshold")
+        if threshold is None:  # saved before the class-aware distance: calibrate it now
+            threshold = calibrate_mapping(ref.latent, ref.held_out, ref.codes)
+        self.distance_threshold = float(threshold)
+        share = two_scale_share(self.wide_idx, self.k, ref.codes, self.proba, batches=self.codes)
+        score = share * np.minimum(1.0, distance / max(self.distance_threshold, 1e-12))
+        if ref.profiles is not None:  # references saved before biossl kept class profiles go without
+            query_neighbors = np.where(self.idx[n_ref:] >= n_ref, self.idx[n_ref:] - n_ref, -1)
+            sizes = np.bincount(ref.codes[ref.codes >= 0], minlength=len(ref.classes))
+            score = score * expression_match(
+                self.X, self.present, self.pred, query_neighbors, ref.profiles, ref.profile_similarity, sizes,
+                batches=self.codes,
+            )  # fmt: skip
+        self.mapping_score = score
 
-def _calibrate_mapping(latent: np.ndarray, held_out: np.ndarray, codes: np.ndarray) -> float:
-    """Distance threshold of the mapping score from the reference cells held out of training.
+    def settle(self, mapping_threshold: float | str, *, refine: bool, unknown_threshold: float | None) -> None:
+        """The calls: refined on the query's own graph (or thresholded on the mapping score), then Unknown."""
+        self.refine = refine and self.latent.shape[0] >= REFINE_MIN_CELLS
+        if mapping_threshold == "auto":
+            mapping_threshold = REFINE_MAPPING_THRESHOLD if self.refine else AUTO_MAPPING_THRESHOLD
+        self.mapping_threshold, self.unknown_threshold = mapping_threshold, unknown_threshold
+        if self.refine:
+            self.proba, self.confidence, self.pred, unknown = refine_on_query(
+                self.X, self.present, self.codes, self.proba, self.pred, self.confidence, self.mapping_score,
+                mapping_threshold, len(self.reference.classes), self.k, self.alpha, self.seed,
+            )  # fmt: skip
+        else:
+            unknown = (self.pred < 0) | (self.mapping_score < mapping_threshold)
+        if unknown_threshold is not None:
+            unknown |= self.confidence < unknown_threshold
+        self.unknown = unknown
 
-    Cells the model was trained on sit closer to each other in its latent space than unseen cells of
-    the same types; the held-out cells show how far a new cell of a *known* type typically lands from the
-    trained cells of its type, so the threshold is the ``MAPPING_QUANTILE`` quantile of their scores.
-    """
-    held_out = np.asarray(held_out, dtype=np.int64)
-    codes = np.asarray(codes, dtype=np.int64)
-    held_out = held_out[codes[held_out] >= 0]
-    if len(held_out) < 20:
-        return DEFAULT_MAPPING_THRESHOLD
-    trained = np.setdiff1d(np.arange(latent.shape[0]), held_out)
-    scores = mapping_score(
-        latent[trained], latent[held_out], MAPPING_NEIGHBORS, ref_codes=codes[trained], query_codes=codes[held_out]
-    )
-    return float(np.quantile(scores, MAPPING_QUANTILE))
-
-
-def mapping_score(
-    ref_latent: np.ndarray,
-    query_latent: np.ndarray,
-    k: int,
-    *,
-    ref_codes: np.ndarray | None = None,
-    query_codes: np.ndarray | None = None,
-) -> np.ndarray:
-    """How well each query cell sits among reference cells: typical reference spacing / its distance.
-
-    The mean distance of a query cell to its ``k`` nearest reference cells is compared with those
-    reference cells' own mean distance to their ``k`` nearest reference neighbours; the score is their
-    ratio (1 = as close as reference cells are to each other; above 1 = in a denser spot; small = off the
-    reference). With ``ref_codes`` and ``query_codes`` (class codes, -1 = none) a query cell is compared
-    with the reference cells of its own class only (at most ``k``; a rare type with 3 reference cells is
-    judged by those 3, not by the 50 nearest cells of other types); cells of class -1, or of a class with
-    fewer than 2 reference cells, are compared with the whole reference.
-    """
-    if ref_codes is None or query_codes is None:
-        return _spacing_ratio(ref_latent, query_latent, k)
-    ref_codes, query_codes = np.asarray(ref_codes), np.asarray(query_codes)
-    score = np.empty(query_latent.shape[0], dtype=np.float64)
-    pooled = np.ones(query_latent.shape[0], dtype=bool)
-    for c in np.unique(query_codes[query_codes >= 0]):
-        ref_c, rows = ref_codes == c, query_codes == c
-        if ref_c.sum() >= 2:
-            score[rows] = _spacing_ratio(ref_latent[ref_c], query_latent[rows], k)
-            pooled[rows] = False
-    if pooled.any():
-        score[pooled] = _spacing_ratio(ref_latent, query_latent[pooled], k)
-    return score
-
-
-def _spacing_ratio(ref_latent: np.ndarray, query_latent: np.ndarray, k: int) -> np.ndarray:
-    from sklearn.neighbors import NearestNeighbors
-
-    k = int(min(k, ref_latent.shape[0] - 1))
-    nn = NearestNeighbors(n_neighbors=k + 1).fit(ref_latent)
-    ref_dist, _ = nn.kneighbors(ref_latent)
-    ref_spacing = ref_dist[:, 1:].mean(1)
-    q_dist, q_idx = nn.kneighbors(query_latent, n_neighbors=k)
-    expected = ref_spacing[q_idx].mean(1)
-    return expected / np.maximum(q_dist.mean(1), 1e-12)
-
-
-def reference_share(
-    idx: np.ndarray, ref_codes: np.ndarray, proba: np.ndarray, *, batches: np.ndarray | None = None
-) -> np.ndarray:
-    """How much each query cell's neighbourhood is shared with reference cells, relative to what is typical.
-
-    ``idx`` are the neighbour indices of a joint kNN graph whose first ``len(ref_codes)`` rows are the
-    reference cells (``ref_codes``: their class codes, -1 = unlabelled) and the rest the query cells, whose
-    class probabilities are ``proba``. For each query cell the share of reference cells among its
-    neighbours (graph symmetrised) is averaged over the cell and its query neighbours: a novel type forms
-    query-only neighbourhoods (share near 0) even where it lies next to a related reference type. The share
-    is divided by what is expected of a known type:
-
-    * the median share over query cells of the same batch (``batches``: one code per query cell), so a
-      query batch shifted as a whole (another technology or donor, where every neighbourhood holds fewer
-      reference cells) stays at about 1 (this assumes most cells of each batch are of known types);
-    * lowered where the query holds relatively more cells of the predicted class than the reference
-      (e.g. 9 reference vs 182 query alpha cells): the class's reference share ``n_ref / (n_ref + n_query)``
-      over the overall one, capped at 1 so a composition shift only ever relaxes the expectation.
-
-    Returns one value per query cell (1 = typical; near 0 = a query-only neighbourhood).
-    """
-    import scipy.sparse as sp
-
-    n_ref = len(ref_codes)
-    n, k = idx.shape
-    A = sp.csr_matrix((np.ones(n * k), idx.ravel(), np.arange(0, n * k + 1, k)), shape=(n, n))
-    A = ((A + A.T) > 0).astype(np.float64).tocsr()
-    query = A[n_ref:]
-    share = np.asarray(query[:, :n_ref].sum(1)).ravel() / np.maximum(np.asarray(query.sum(1)).ravel(), 1)
-    smooth = (query[:, n_ref:] + sp.identity(n - n_ref, format="csr")).tocsr()
-    smooth = sp.diags(1.0 / np.asarray(smooth.sum(1)).ravel()) @ smooth
-    share = smooth @ share
-    typical = _batch_median(share, batches)
-    if not (typical > 0).any():  # most query cells have no reference neighbour: the share cannot tell types apart
-        return np.ones_like(share)
-    # a batch where most cells have no reference neighbour is judged against the most mixed batch
-    typical = np.where(typical > 0, typical, typical.max())
-    labelled = ref_codes[ref_codes >= 0]
-    n_ref_c = np.bincount(labelled, minlength=proba.shape[1]).astype(np.float64)
-    class_share = n_ref_c / np.maximum(n_ref_c + proba.sum(0), 1e-12)
-    overall = len(labelled) / max(len(labelled) + proba.shape[0], 1)
-    reached = proba.sum(1) > 0
-    composition = np.ones(proba.shape[0])
-    composition[reached] = np.minimum(1.0, (proba[reached] @ class_share) / overall)
-    composition = np.maximum(smooth @ composition, 1e-3)
-    return share / (typical * composition)
-
-
-def two_scale_share(
-    idx: np.ndarray,
-    n_neighbors: int,
-    ref_codes: np.ndarray,
-    proba: np.ndarray,
-    *,
-    batches: np.ndarray | None = None,
-) -> np.ndarray:
-    """Geometric mean of :func:`reference_share` (capped at 1) over the first ``n_neighbors`` and all of ``idx``.
-
-    ``idx`` are the neighbour indices (nearest first) of a joint kNN graph, reference rows first, with
-    ``WIDE_SHARE_NEIGHBORS`` columns (or ``n_neighbors`` if more). At 15 neighbours the share singles out a
-    novel type next to a related reference type but is noisy, and a state of a known type that the query
-    holds more of than the reference (a few dozen cells) looks query-only too; over 50 neighbours such a
-    state reaches the reference cells of its type while a novel type of its own stays query-only. The
-    geometric mean keeps a cell low only where its neighbourhood is query-only at both scales (or nearly
-    empty of reference cells at the local one).
-
-    In a query batch whose typical cell has no reference cell among its ``n_neighbors`` (a technology the
-    model's new batch columns did not align with the reference: the CEL-seq2 and Drop-seq cells of
-    cellbench next to its 5-line CEL-seq2 plates), the local share is near zero for known and novel types
-    alike and its ratio to the batch's typical share is mostly noise; there the local share is given a
-    weight of ``POORLY_MIXED_LOCAL_WEIGHT`` (0.1) instead of 0.5, which keeps its ranking of novel cells
-    but no longer drags known cells below the threshold.
-    """
-    local = np.minimum(1.0, reference_share(idx[:, :n_neighbors], ref_codes, proba, batches=batches))
-    if idx.shape[1] <= n_neighbors:
-        return local
-    wide = np.minimum(1.0, reference_share(idx, ref_codes, proba, batches=batches))
-    share = np.sqrt(local * wide)
-    n_ref = len(ref_codes)
-    local_ref = (idx[n_ref:, :n_neighbors] < n_ref).sum(1)  # reference cells among each query cell's neighbours
-    poor = _batch_median(local_ref, batches) < 1
-    w = POORLY_MIXED_LOCAL_WEIGHT
-    share[poor] = local[poor] ** w * wide[poor] ** (1 - w)
-    return share
-
-
-def _batch_median(values: np.ndarray, batches: np.ndarray | None) -> np.ndarray:
-    """For each query cell, the median of ``values`` over the cells of its batch (one batch when None)."""
-    batches = np.zeros(len(values), dtype=np.int64) if batches is None else np.asarray(batches)
-    out = np.zeros(len(values))
-    for b in np.unique(batches):
-        out[batches == b] = np.median(values[batches == b])
-    return out
-
-
-# The expression part of the mapping score. A reference model never trained on a type has no latent direction
-# for it and tends to embed its cells onto a related known type (baron_mouse: beta cells without beta in the
-# reference land on alpha and delta), where neither the share nor the distance can tell them apart. In gene
-# space they stay different: the correlation of a cell's expression with its predicted class's mean profile is
-# low. Chosen on benchmarks/reference_mapping.py (novel + cross, offline on the cached references): baron_mouse
-# novel-type AUROC 0.73 -> 0.88 at tolerance 0.8 (0.84 at 0.75, 0.82 at 0.7) with no cross-batch macro-F1 lost;
-# the 90th instead of the 75th percentile as the batch level gave 0.89 but called 1.9% of known Drop-seq cells
-# Unknown; without the n / (n + 10) power, rare known types (4 reference cells) lost their label.
-EXPRESSION_TOLERANCE = 0.8  # match ratio (1 = as typical) below which the expression part drops under 1
-EXPRESSION_PRIOR_CELLS = 10  # a class with n reference cells has the part at the power n / (n + 10)
-EXPRESSION_BATCH_QUANTILE = 0.75  # the batch's match level: the known cells' median while <= half are novel
-
-
-def _log_normalise(X, chunk_size: int = 8192):
-    """log1p of counts per 10,000 as a float32 CSR matrix (``X``: CSR, dense or a backed row reader)."""
-    import scipy.sparse as sp
-
-    blocks = []
-    for s in range(0, X.shape[0], chunk_size):
-        block = sp.csr_matrix(X[np.arange(s, min(X.shape[0], s + chunk_size))], dtype=np.float32)
-        lib = np.asarray(block.sum(1)).ravel()
-        block = (sp.diags((1e4 / np.maximum(lib, 1.0)).astype(np.float32)) @ block).tocsr()
-        block.data = np.log1p(block.data)
-        blocks.append(block)
-    return sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix(X.shape, dtype=np.float32)
-
-
-def _row_correlation(A: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """Pearson correlation of each row of ``A`` with the same row of ``B`` (0 for a constant row)."""
-    A = A - A.mean(1, keepdims=True)
-    B = B - B.mean(1, keepdims=True)
-    norm = np.linalg.norm(A, axis=1) * np.linalg.norm(B, axis=1)
-    return np.where(norm > 0, (A * B).sum(1) / np.maximum(norm, 1e-12), 0.0)
-
-
-def class_profiles(counts, codes: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mean log-normalised expression of each class, and how closely its own cells match it.
-
-    Correlations are taken after subtracting the mean of the class profiles, so they measure a cell's
-    pattern across classes, not its overall expression level. A class's typical match is the median
-    correlation of its cells with the profile of the *other* cells of the class (leave-one-out, so a class
-    of 3 cells is not judged by a profile its own cell made); a class of one cell gets the median over all
-    cells. Returns ``(profiles, similarity)``: classes × genes and one value per class.
-    """
-    import scipy.sparse as sp
-
-    codes = np.asarray(codes, dtype=np.int64)
-    L = _log_normalise(counts)
-    labelled = np.flatnonzero(codes >= 0)
-    members = sp.csr_matrix(
-        (np.ones(len(labelled), dtype=np.float32), (codes[labelled], labelled)), shape=(n_classes, L.shape[0])
-    )
-    sums = np.asarray((members @ L).todense(), dtype=np.float64)
-    sizes = np.bincount(codes[labelled], minlength=n_classes).astype(np.float64)
-    profiles = sums / np.maximum(sizes, 1.0)[:, None]
-    centre = profiles.mean(0)
-    match = np.full(L.shape[0], np.nan)
-    rows = labelled[sizes[codes[labelled]] >= 2]
-    for s in range(0, len(rows), 4096):
-        r = rows[s : s + 4096]
-        x, c = L[r].toarray(), codes[r]
-        others = (sums[c] - x) / (sizes[c] - 1.0)[:, None]
-        match[r] = _row_correlation(x - centre, others - centre)
-    fallback = float(np.nanmedian(match)) if np.isfinite(match).any() else 1.0
-    similarity = np.array([np.median(match[codes == c]) if sizes[c] >= 2 else fallback for c in range(n_classes)])
-    return profiles.astype(np.float32), similarity.astype(np.float32)
-
-
-def expression_ratio(
-    X,
-    present: np.ndarray,
-    pred: np.ndarray,
-    neighbors: np.ndarray,
-    profiles: np.ndarray,
-    similarity: np.ndarray,
-    *,
-    batches: np.ndarray | None = None,
-) -> np.ndarray:
-    """How well each cell's expression matches its predicted class, relative to what is typical (1 = typical).
-
-    ``X`` are counts in the profiles' gene order (``present``: 0/1 per gene, missing genes are left out),
-    ``pred`` the predicted class codes (-1 = none), ``neighbors`` each cell's neighbours among the rows of
-    ``X`` (-1 = none) or the cells' graph as a sparse matrix (its stored entries are the neighbours). A
-    cell's log-normalised expression, averaged with its neighbours of the same predicted class, is
-    correlated with the class profile (:func:`class_profiles`) and divided by the class's typical match
-    (``similarity``), then by the 75th percentile of that ratio in its batch (another technology lowers
-    every match; while at most half the batch is novel, with lower ratios, that percentile is the known
-    cells' median). 1 where ``pred`` is -1.
-    """
-    import scipy.sparse as sp
-
-    n = len(pred)
-    genes = np.asarray(present) > 0
-    L = _log_normalise(X)[:, np.flatnonzero(genes)]
-    centre = profiles[:, genes].mean(0)
-    shifted = profiles[:, genes] - centre
-    if sp.issparse(neighbors):
-        edges = sp.coo_matrix(neighbors)
-        rows, cols = edges.row, edges.col
-    else:
-        rows, cols = np.nonzero(neighbors >= 0)
-        cols = neighbors[rows, cols]
-    same = pred[rows] == pred[cols]
-    smooth = sp.csr_matrix((np.ones(same.sum()), (rows[same], cols[same])), shape=(n, n)) + sp.identity(n)
-    smooth = (sp.diags(1.0 / np.asarray(smooth.sum(1)).ravel()) @ smooth).tocsr()
-    reached = pred >= 0
-    ratio = np.ones(n)
-    for s in range(0, n, 4096):
-        r = np.arange(s, min(n, s + 4096))
-        r = r[reached[r]]
-        if len(r):
-            x = np.asarray((smooth[r] @ L).todense()) - centre
-            ratio[r] = _row_correlation(x, shifted[pred[r]]) / np.maximum(similarity[pred[r]], 1e-3)
-    batches = np.zeros(n, dtype=np.int64) if batches is None else np.asarray(batches)
-    for b in np.unique(batches):
-        in_batch = (batches == b) & reached
-        level = np.quantile(ratio[in_batch], EXPRESSION_BATCH_QUANTILE) if in_batch.any() else 0.0
-        if level > 0:
-            ratio[in_batch] /= level
-    return ratio
-
-
-def expression_match(
-    X,
-    present: np.ndarray,
-    pred: np.ndarray,
-    neighbors: np.ndarray,
-    profiles: np.ndarray,
-    similarity: np.ndarray,
-    class_sizes: np.ndarray,
-    *,
-    batches: np.ndarray | None = None,
-) -> np.ndarray:
-    """The expression part of the mapping score: how much a query cell looks like its predicted class.
-
-    ``min(1, ratio / EXPRESSION_TOLERANCE) ** (n / (n + 10))`` per cell, with ``ratio`` from
-    :func:`expression_ratio` (arguments as there; ``neighbors`` index the query cells) and ``n`` the
-    predicted class's reference cells (``class_sizes``; a profile from 3 cells is trusted less); 1 where
-    ``pred`` is -1.
-    """
-    ratio = expression_ratio(X, present, pred, neighbors, profiles, similarity, batches=batches)
-    reached = pred >= 0
-    weight = class_sizes / (class_sizes + EXPRESSION_PRIOR_CELLS)
-    part = np.ones(len(pred))
-    part[reached] = np.clip(ratio[reached] / EXPRESSION_TOLERANCE, 0.0, 1.0) ** weight[pred[reached]]
-    return part
+    def write(self, adata: AnnData, key_added: str) -> None:
+        """Write the latent, labels, confidence, probabilities, mapping score and the record into ``adata``."""
+        classes = self.reference.classes
+        names = np.array([*classes, UNKNOWN], dtype=object)
+        labels = pd.Categorical(names[np.where(self.unknown, len(classes), self.pred)], categories=[*classes, UNKNOWN])
+        adata.obsm["X_biossl"] = self.latent
+        adata.obs[f"{key_added}_label"] = pd.Series(labels, index=adata.obs_names)
+        adata.obs[f"{key_added}_confidence"] = self.confidence.astype(np.float32)
+        adata.obs[f"{key_added}_mapping_score"] = self.mapping_score.astype(np.float32)
+        adata.obsm[f"{key_added}_proba"] = self.proba.astype(np.float32)
+        record(adata, "gene_overlap", self.overlap)
+        n_unknown = int(self.unknown.sum())
+        record(
+            adata,
+            "map_query",
+            {
+                "reference_cells": int(self.n_ref),
+                "new_batches": list(self.new),
+                "fine_tune_steps": int(self.fine_tune_steps),
+                "n_neighbors": self.k,
+                "alpha": self.alpha,
+                "mapping_threshold": self.mapping_threshold,
+                "refine": self.refine,
+                "reference_mixing": self.mixing,
+                "distance_threshold": self.distance_threshold,
+                "wide_share_neighbors": self.wide_k,
+                "unknown_threshold": self.unknown_threshold,
+                "key_added": key_added,
+                "n_unknown": n_unknown,
+                "seed": self.seed,
+                "versions": versions(),
+            },
+        )
+        record(adata, "classes", classes)
+        logger.info(
+            "map_query: %d of %d model genes matched; %d cells, %d Unknown",
+            self.overlap["n_matched"], self.overlap["n_model_genes"], adata.n_obs, n_unknown,
+        )  # fmt: skip
