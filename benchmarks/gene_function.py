@@ -73,9 +73,9 @@ def load(path: Path):
 def ablation(adata, model, sets, seed: int = 0) -> dict:
     """Mean AUROC (and wins vs neighbour voting) of graph/k/alpha variants on the evaluation's folds."""
     from biossl import metrics
-    from biossl.tl import genes as G
+    from biossl.tl import _gene_graph as G
 
-    genes = G._graph_genes(adata, model)
+    genes = G.graph_genes(adata, model)
     membership, _ = metrics.gene_set_matrix(
         {k: {g.upper() for g in v} for k, v in sets.items()}, [g.upper() for g in genes]
     )
@@ -113,14 +113,14 @@ def ablation(adata, model, sets, seed: int = 0) -> dict:
     # the parts of the new default (scoring="ensemble"), added one at a time, all on the combined graph, k=30
     without3 = G.gene_correlation(adata, graph="combined", model=model, genes=genes, seed=seed, remove_components=3)
     W0, W3 = (G.knn_gene_graph(C, 30) for C in (corr["combined"], without3))
-    record("+ null-standardised propagation (alpha 0.99), one graph", G._GeneScorer([W0], 0.9, []))
-    record("+ second graph without 3 components, no hub prior", G._GeneScorer([W0, W3], 0.9, []))
+    record("+ null-standardised propagation (alpha 0.99), one graph", G.GeneScorer([W0], 0.9, []))
+    record("+ second graph without 3 components, no hub prior", G.GeneScorer([W0, W3], 0.9, []))
 
     def own(W):
         return np.asarray(W.sum(1)).ravel()
 
-    record("one graph + hub prior", G._GeneScorer([W0], 0.9, [raw_degree, own(W0)]))
-    record("graph without 3 components only + hub prior", G._GeneScorer([W3], 0.9, [raw_degree, own(W3)]))
+    record("one graph + hub prior", G.GeneScorer([W0], 0.9, [raw_degree, own(W0)]))
+    record("graph without 3 components only + hub prior", G.GeneScorer([W3], 0.9, [raw_degree, own(W3)]))
     record(  # the scorer gene_function builds, so this row cannot drift from the default
         "new default: both graphs + null-standardised + hub prior (scoring='ensemble')",
         G.gene_scorer([corr["combined"], without3], n_neighbors=30, alpha=0.9, coexpression=corr["coexpression"]),
@@ -134,7 +134,7 @@ def run_dataset(name: str, path: Path, sets: dict, *, max_steps: int) -> tuple[d
     import torch
 
     import biossl
-    from biossl.tl import genes as G
+    from biossl.tl import _gene_graph as G
     from biossl.tl.genes import evaluate_gene_function
 
     torch.set_num_threads(1)
@@ -156,7 +156,7 @@ def run_dataset(name: str, path: Path, sets: dict, *, max_steps: int) -> tuple[d
         "graph_genes": res["n_graph_genes"],
         "batch_key": batch_key,
         "gene_matching": "mouse symbols upper-cased = human symbol" if "mouse" in name else "symbols upper-cased",
-        "graph_genes_in_go_bp": len({g.upper() for g in G._graph_genes(adata, model)} & go_genes),
+        "graph_genes_in_go_bp": len({g.upper() for g in G.graph_genes(adata, model)} & go_genes),
         "n_terms": res["n_terms"],
         "params": res["params"],
         "summary": res["summary"],

@@ -203,7 +203,7 @@ def test_remove_components_takes_out_the_dominant_axis(modules):
 
 
 def test_null_standardised_propagation_gives_hubs_no_head_start():
-    from biossl.tl.genes import _NullPropagator, _Propagator
+    from biossl.tl._gene_graph import NullPropagator, Propagator
 
     # a graph with hubs (Chung-Lu: edge probability proportional to the product of the genes' weights)
     rng = np.random.default_rng(0)
@@ -215,22 +215,22 @@ def test_null_standardised_propagation_gives_hubs_no_head_start():
     random_sets = np.zeros((n, 400))
     for t in range(400):
         random_sets[rng.choice(n, 5, replace=False), t] = 1.0
-    plain = _Propagator(W, 0.99)(random_sets)
-    null = _NullPropagator(W, 0.99)(random_sets)
+    plain = Propagator(W, 0.99)(random_sets)
+    null = NullPropagator(W, 0.99)(random_sets)
     # averaged over random seed sets, the plain propagation ranks hubs first; the standardised one does not
     assert np.corrcoef(plain.mean(1), degree)[0, 1] > 0.8
     assert abs(np.corrcoef(null.mean(1), degree)[0, 1]) < 0.3
     # and over all single-gene seed sets the standardised score of every gene averages exactly zero
-    np.testing.assert_allclose(_NullPropagator(W, 0.99)(np.eye(n)).mean(1), 0.0, atol=1e-9)
+    np.testing.assert_allclose(NullPropagator(W, 0.99)(np.eye(n)).mean(1), 0.0, atol=1e-9)
 
 
 def test_hub_prior_only_for_sets_of_hubs():
-    from biossl.tl.genes import _GeneScorer
+    from biossl.tl._gene_graph import GeneScorer
 
     W = sp.csr_matrix(TINY)
     degree = TINY.sum(1)  # 3, 2, 2, 1, 1, 3
-    with_prior = _GeneScorer([W], 0.9, [degree])
-    without = _GeneScorer([W], 0.9, [])
+    with_prior = GeneScorer([W], 0.9, [degree])
+    without = GeneScorer([W], 0.9, [])
     hubs, leaves = np.zeros((6, 1)), np.zeros((6, 1))
     hubs[[0, 5]] = 1.0
     leaves[[3, 4]] = 1.0
