@@ -12,12 +12,15 @@ from anndata import AnnData
 UNS_KEY = "biossl"
 
 
-def record(adata: AnnData, step: str, params: dict[str, Any]) -> None:
-    """Store ``params`` of ``step`` in ``adata.uns["biossl"][step]`` (None values dropped: h5ad cannot hold them)."""
+def record(adata: AnnData, step: str, params: dict[str, Any] | list) -> None:
+    """Store ``params`` of ``step`` in ``adata.uns["biossl"][step]`` (None values dropped: h5ad cannot hold them).
+
+    A list (such as the ``classes`` of an annotation) is stored as it is.
+    """
     from . import __version__
 
     rec = dict(adata.uns.get(UNS_KEY, {}))
-    rec[step] = {k: v for k, v in params.items() if v is not None}
+    rec[step] = {k: v for k, v in params.items() if v is not None} if isinstance(params, dict) else list(params)
     rec["version"] = __version__
     adata.uns[UNS_KEY] = rec
 
