@@ -10,24 +10,13 @@ No torch here: :mod:`biossl.pp` uses this module.
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from ._progress import progress_bar
+
 CHUNK_ROWS = 20_000
-
-
-def progress_bar(total: int, desc: str, enabled: bool | None = None, *, min_total: int = 0):
-    """A tqdm bar on stderr when it is a terminal (or ``enabled=True``) and ``total >= min_total``; else None."""
-    if enabled is None:
-        enabled = sys.stderr.isatty() and total >= min_total
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, leave=False, file=sys.stderr)
 
 
 def is_backed_matrix(matrix) -> bool:

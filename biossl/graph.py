@@ -14,6 +14,8 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import cg
 
+from ._types import KnnMethod
+
 logger = logging.getLogger("biossl")
 
 EXACT_MAX_CELLS = 50_000
@@ -23,7 +25,7 @@ EXACT_MAX_CELLS = 50_000
 MIXING_MIN = 0.2
 
 
-def knn(X: np.ndarray, n_neighbors: int, *, method: str = "auto", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def knn(X: np.ndarray, n_neighbors: int, *, method: KnnMethod = "auto", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Indices and Euclidean distances of the ``n_neighbors`` nearest other cells of each row of ``X``.
 
     ``method="auto"`` is exact (sklearn) up to 50,000 cells and approximate (pynndescent) above.
@@ -110,7 +112,7 @@ def propagate(
     W: sp.spmatrix | None,
     Y: np.ndarray,
     *,
-    alpha: float = 0.99,
+    alpha: float = 0.9,
     tol: float = 1e-6,
     max_iter: int = 1000,
     operator: sp.csr_matrix | None = None,
@@ -123,7 +125,7 @@ def propagate(
     """
     A = spreading_operator(W, alpha) if operator is None else operator
     F = np.zeros(Y.shape, dtype=np.float64)
-    from ._backed import progress_bar  # one step per class; only large graphs take seconds per class
+    from ._progress import progress_bar  # one step per class; only large graphs take seconds per class
 
     # one CG solve per class: a block solve (all classes in one sparse matrix-matrix product per step) was
     # 30% faster up to 10^5 cells but 1.7x slower at 3*10^5, where the neighbour gathers miss the cache

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,7 @@ from anndata import AnnData
 
 from .._backed import RowReader, is_backed_matrix
 from .._genemap import gene_ids
+from .._types import Device
 from .io import FORMAT_VERSION, WEIGHTS, read_config, read_weights, write_dir_atomic
 from .train import onehot, resolve_device, rows_to_tensor, train
 from .vae import CountAutoencoder
@@ -126,8 +128,8 @@ class EmbeddingModel:
         genes: list[str],
         batch: pd.Series | None = None,
         *,
-        model: str = "vae",
-        n_latent: int = 10,
+        model: Literal["vae", "ae"] = "vae",
+        n_latent: int = 20,
         n_hidden: int = 128,
         n_layers: int = 1,
         dropout: float = 0.1,
@@ -137,7 +139,7 @@ class EmbeddingModel:
         batch_size: int = 128,
         lr: float = 1e-3,
         seed: int = 0,
-        device: str = "auto",
+        device: Device | str = "auto",
         progress: bool | None = None,
     ) -> EmbeddingModel:
         """Train on a cells × genes count matrix (CSR or dense) with optional batch labels.
@@ -155,17 +157,8 @@ class EmbeddingModel:
         steps = int(max_steps)
         if max_epochs is not None:
             steps = max(1, min(steps, int(np.ceil(max_epochs * n / batch_size))))
-        categories = [] if batch is None else [str(c) for c in batch.cat.categories]
-        codes = np.zeros(n, dtype=np.int64) if batch is None else batch.cat.codes.to_numpy().astype(np.int64)
-        n_batches = len(categories) if len(categories) > 1 else 0
-        if n_batches == 0:
-            codes = np.zeros(n, dtype=np.int64)
-        if isinstance(counts, RowReader):
-            X = counts
-        elif sp.issparse(counts):
-            X = sp.csr_matrix(counts, dtype=np.float32)
-        else:
-            X = np.asarray(counts, dtype=np.float32)
+        categories, codes, n_batches = _training_batches(batch, n)
+        X = counts if isinstance(counts, RowReader) else _float32_matrix(counts)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             module = CountAutoencoder(
@@ -182,39 +175,20 @@ class EmbeddingModel:
                 module, X, codes, max_steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=dev,
                 progress=progress,
             )  # fmt: skip
-        config = {
-            "format_version": FORMAT_VERSION,
-            "model": model,
-            "n_latent": int(n_latent),
-            "n_hidden": int(n_hidden),
-            "n_layers": int(n_layers),
-            "dropout": float(dropout),
-            "adversarial": bool(adversarial and n_batches > 1),
-            "genes": [str(g) for g in genes],
-            "batches": categories if n_batches else [],
-            "training": {
-                "max_steps": int(max_steps),
-                "max_epochs": max_epochs,
-                "batch_size": int(batch_size),
-                "lr": float(lr),
-                "seed": int(seed),
-                "n_cells": int(n),
-                "steps": int(history["steps"]),
-                "best_val_loss": history["best_val_loss"],
-            },
-            "versions": _versions(),
-        }
+        architecture = {"n_latent": n_latent, "n_hidden": n_hidden, "n_layers": n_layers, "dropout": dropout}
+        training = {"max_steps": max_steps, "max_epochs": max_epochs, "batch_size": batch_size, "lr": lr, "seed": seed}
+        config = _config(model, architecture, adversarial and n_batches > 1, genes, categories, training, n, history)
         fitted = cls(module, config, dev)
         fitted.validation_index = np.asarray(history["validation_index"], dtype=np.int64)
         return fitted
 
     def embed_counts(self, X, batch_codes: np.ndarray, chunk_size: int = 4096, progress: bool | None = None):
         """Latent means of count rows ``X`` (already in model gene order)."""
-        from .train import _progress
+        from .._progress import progress_bar
 
         n = X.shape[0]
         out = np.empty((n, self.config["n_latent"]), dtype=np.float32)
-        bar = _progress(n, progress, "embedding") if n > 50_000 else None
+        bar = progress_bar(n, "embedding", progress) if n > 50_000 else None
         with torch.no_grad():
             for s in range(0, n, chunk_size):
                 idx = np.arange(s, min(n, s + chunk_size))
@@ -346,7 +320,7 @@ class EmbeddingModel:
         return write_dir_atomic(path, {WEIGHTS: state, "config.json": self.config}, overwrite=overwrite)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, device: str = "auto") -> EmbeddingModel:
+    def load(cls, path: str | os.PathLike, *, device: Device | str = "auto") -> EmbeddingModel:
         """Load a model directory written by :meth:`save` (weights only; no code is executed)."""
         config = read_config(path)
         dev = resolve_device(device)
@@ -376,3 +350,48 @@ def _versions() -> dict[str, str]:
     from .._record import versions
 
     return versions()
+
+
+def _training_batches(batch: pd.Series | None, n: int) -> tuple[list[str], np.ndarray, int]:
+    """Batch categories, per-cell codes and the number of batch columns (0 for fewer than two batches)."""
+    categories = [] if batch is None else [str(c) for c in batch.cat.categories]
+    n_batches = len(categories) if len(categories) > 1 else 0
+    if n_batches == 0:
+        return categories, np.zeros(n, dtype=np.int64), 0
+    return categories, batch.cat.codes.to_numpy().astype(np.int64), n_batches
+
+
+def _float32_matrix(counts):
+    """Counts as float32 CSR (sparse input) or a dense float32 array."""
+    if sp.issparse(counts):
+        return sp.csr_matrix(counts, dtype=np.float32)
+    return np.asarray(counts, dtype=np.float32)
+
+
+def _config(
+    model: str, architecture: dict, adversarial: bool, genes, categories: list[str], training: dict, n: int,
+    history: dict,
+) -> dict:  # fmt: skip
+    """The JSON config saved beside the weights: enough to rebuild the module and to say how it was trained."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "model": model,
+        "n_latent": int(architecture["n_latent"]),
+        "n_hidden": int(architecture["n_hidden"]),
+        "n_layers": int(architecture["n_layers"]),
+        "dropout": float(architecture["dropout"]),
+        "adversarial": bool(adversarial),
+        "genes": [str(g) for g in genes],
+        "batches": categories if len(categories) > 1 else [],
+        "training": {
+            "max_steps": int(training["max_steps"]),
+            "max_epochs": training["max_epochs"],
+            "batch_size": int(training["batch_size"]),
+            "lr": float(training["lr"]),
+            "seed": int(training["seed"]),
+            "n_cells": int(n),
+            "steps": int(history["steps"]),
+            "best_val_loss": history["best_val_loss"],
+        },
+        "versions": _versions(),
+    }

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import math
-import os
-import sys
 import time
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
+from .._progress import progress_bar
 from .._threads import training_threads
 from .vae import CountAutoencoder
 
@@ -51,21 +49,6 @@ def onehot(batch: np.ndarray, n_batches: int, device: torch.device) -> torch.Ten
     if (~known).any():
         out[torch.from_numpy(np.flatnonzero(~known)).to(device)] = 1.0 / n_batches
     return out
-
-
-def _progress(total: int, enabled: bool | None, desc: str, unit: str = "it"):
-    """A tqdm bar on stderr when it is a terminal (or ``enabled=True``); else None."""
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    size = {}
-    with contextlib.suppress(AttributeError, ValueError, OSError):
-        if 0 in os.get_terminal_size(sys.stderr.fileno()):  # a terminal without a size: tqdm would hide the bar
-            size = {"ncols": 100, "nrows": 24}
-    return tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stderr, **size)
 
 
 def _deterministic_on_cpu(fn):
@@ -145,29 +128,10 @@ def train(
     opt = torch.optim.AdamW(trained, lr=lr, weight_decay=weight_decay)
     mask_t = None if gene_mask is None else torch.as_tensor(gene_mask, dtype=torch.float32, device=device)
     warm = max(1, int(kl_warmup * max_steps))
-    n_batches = module.n_batches
     batch_t = torch.from_numpy(batch.astype(np.int64))
-
-    # rows on disk (a backed file): read the held-out cells once, not at every evaluation
-    on_disk = not (sp.issparse(X) or isinstance(X, np.ndarray))
-    X_val = X[val_idx] if on_disk and n_val else None
-
-    def val_loss() -> float:
-        module.eval()
-        with torch.no_grad():
-            tot = 0.0
-            for s in range(0, n_val, 1024):
-                idx = val_idx[s : s + 1024]
-                rows = (X, idx) if X_val is None else (X_val, np.arange(s, s + len(idx)))
-                x = rows_to_tensor(*rows, device)
-                oh = onehot(batch[idx], n_batches, device)
-                loss, _ = module.loss(x, oh, batch_t[idx].to(device), 1.0, gene_mask=mask_t)
-                tot += float(loss) * len(idx)
-        module.train()
-        return tot / max(n_val, 1)
-
+    held_out = _HeldOutLoss(module, X, val_idx, batch, batch_t, mask_t, device)
+    stopping = _EarlyStopping(patience, warm)
     history: dict[str, list] = {"step": [], "train_loss": [], "val_loss": []}
-    best, best_state, bad = math.inf, None, 0
     order, pos = rng.permutation(train_idx), 0
     logger.info(
         "training %s: up to %d steps of %d cells (%d cells, %d held out), %d genes, %s, torch threads %d",
@@ -175,7 +139,7 @@ def train(
         device, torch.get_num_threads(),
     )  # fmt: skip
     start = time.perf_counter()
-    bar = _progress(max_steps, progress, "training", unit="step")
+    bar = progress_bar(max_steps, "training", progress, unit="step")
     module.train()
     running, steps_done, since_eval = 0.0, 0, 0
     for step in range(1, max_steps + 1):
@@ -183,14 +147,11 @@ def train(
             order, pos = rng.permutation(train_idx), 0
         idx = np.sort(order[pos : pos + batch_size])
         pos += batch_size
-        x = rows_to_tensor(X, idx, device)
-        kl_w = min(1.0, step / warm)
-        oh = onehot(batch[idx], n_batches, device)
-        loss, _ = module.loss(x, oh, batch_t[idx].to(device), kl_w, gene_mask=mask_t)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trained, 10.0)
-        opt.step()
+        oh = onehot(batch[idx], module.n_batches, device)
+        loss, _ = module.loss(
+            rows_to_tensor(X, idx, device), oh, batch_t[idx].to(device), min(1.0, step / warm), gene_mask=mask_t
+        )
+        _gradient_step(opt, loss, trained)
         running += float(loss.detach())
         steps_done, since_eval = step, since_eval + 1
         if bar is not None:
@@ -198,24 +159,19 @@ def train(
                 bar.set_postfix_str(_loss_text(running / since_eval, history["val_loss"]), refresh=False)
             bar.update(1)
         if step % eval_every == 0 or step == max_steps:
-            vl = val_loss() if n_val else running / eval_every
+            vl = held_out() if n_val else running / eval_every
             history["step"].append(step)
             history["train_loss"].append(running / eval_every)
             history["val_loss"].append(vl)
             running, since_eval = 0.0, 0
-            if step >= warm:  # the ELBO is comparable only once the KL weight has reached 1
-                if vl < best - 1e-4 * abs(best if math.isfinite(best) else 1.0):
-                    best, bad = vl, 0
-                    best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-                else:
-                    bad += 1
-                    if bad >= patience:
-                        break
+            if stopping.should_stop(step, vl, module):
+                break
     if bar is not None:
         bar.close()
-    if best_state is not None:
-        module.load_state_dict(best_state)
+    if stopping.best_state is not None:
+        module.load_state_dict(stopping.best_state)
     module.eval()
+    best = stopping.best
     logger.info("trained %d steps in %.1f s, best held-out loss %.2f", steps_done, time.perf_counter() - start, best)
     return {
         "steps": steps_done,
@@ -223,3 +179,54 @@ def train(
         "validation_index": val_idx,
         **history,
     }
+
+
+def _gradient_step(opt: torch.optim.Optimizer, loss: torch.Tensor, trained: list[torch.nn.Parameter]) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(trained, 10.0)
+    opt.step()
+
+
+class _HeldOutLoss:
+    """The mean loss (full KL weight) of the held-out cells, read once when the rows are on disk."""
+
+    def __init__(self, module: CountAutoencoder, X, val_idx: np.ndarray, batch, batch_t, mask_t, device) -> None:
+        self.module, self.val_idx, self.batch, self.batch_t, self.mask_t, self.device = (
+            module, val_idx, batch, batch_t, mask_t, device,
+        )  # fmt: skip
+        on_disk = not (sp.issparse(X) or isinstance(X, np.ndarray))  # a backed file: not at every evaluation
+        self.X, self.X_val = X, (X[val_idx] if on_disk and len(val_idx) else None)
+
+    def __call__(self) -> float:
+        module, n_val = self.module, len(self.val_idx)
+        module.eval()
+        with torch.no_grad():
+            tot = 0.0
+            for s in range(0, n_val, 1024):
+                idx = self.val_idx[s : s + 1024]
+                rows = (self.X, idx) if self.X_val is None else (self.X_val, np.arange(s, s + len(idx)))
+                x = rows_to_tensor(*rows, self.device)
+                oh = onehot(self.batch[idx], module.n_batches, self.device)
+                loss, _ = module.loss(x, oh, self.batch_t[idx].to(self.device), 1.0, gene_mask=self.mask_t)
+                tot += float(loss) * len(idx)
+        module.train()
+        return tot / max(n_val, 1)
+
+
+class _EarlyStopping:
+    """Keep the best weights; stop after ``patience`` evaluations without improvement once the KL warm-up ends."""
+
+    def __init__(self, patience: int, warm: int) -> None:
+        self.patience, self.warm = patience, warm
+        self.best, self.best_state, self.bad = math.inf, None, 0
+
+    def should_stop(self, step: int, loss: float, module: CountAutoencoder) -> bool:
+        if step < self.warm:  # the ELBO is comparable only once the KL weight has reached 1
+            return False
+        if loss < self.best - 1e-4 * abs(self.best if math.isfinite(self.best) else 1.0):
+            self.best, self.bad = loss, 0
+            self.best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            return False
+        self.bad += 1
+        return self.bad >= self.patience

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 from anndata import AnnData
 
 from .._check import check_int
 from .._record import record, versions
+from .._types import BatchCorrection, Device, ModelKind
 from ..pp import check_batch, check_copy, ensure_setup, write_setup
 from ._pca import BATCH_CORRECTIONS, pca_latent
 
@@ -24,20 +25,20 @@ logger = logging.getLogger("biossl")
 def embed(
     adata: AnnData,
     *,
-    model: str | os.PathLike | EmbeddingModel = "auto",
+    model: ModelKind | str | os.PathLike | EmbeddingModel = "auto",
     n_latent: int | None = None,
     batch_key: str | None = None,
     adversarial: bool = False,
     max_steps: int = 3000,
     max_epochs: int | None = None,
     seed: int = 0,
-    device: str = "auto",
+    device: Device | str = "auto",
     key_added: str = "X_biossl",
     save_model: str | os.PathLike | None = None,
     overwrite: bool = False,
     return_model: bool = False,
     progress: bool | None = None,
-    batch_correction: Literal["auto", "none", "scale"] = "auto",
+    batch_correction: BatchCorrection = "auto",
     copy: bool = False,
 ) -> AnnData | EmbeddingModel | None:
     """Embed cells with a count model (negative-binomial VAE or autoencoder).
@@ -105,7 +106,7 @@ def embed(
         Model kind, training steps, seed, versions, and for PCA with batches the ``batch_correction`` used and the
         ``batch_mixing`` scores; ``uns["biossl"]["gene_overlap"]`` when a saved model was reused.
     """
-    from ..model import EmbeddingModel, align_genes
+    from ..model import EmbeddingModel
 
     if copy and return_model:
         raise ValueError("copy=True and return_model=True cannot be combined; pick one.")
@@ -141,56 +142,60 @@ def embed(
         }
         return _write(adata, latent, mask, setup_params, setup_pending, params, key_added, start, copy)
     if isinstance(model, str) and model in ("vae", "ae"):
-        genes = [str(g) for g in adata.var_names[mask]]
-        if adata.isbacked and setup_params["counts"] == "X":  # minibatches of rows read from disk
-            from .._backed import RowReader
-
-            counts = RowReader(adata.X, columns=np.flatnonzero(mask))
-        else:
-            counts, _, _ = align_genes(adata, genes, counts=setup_params["counts"])
-        t_train = time.perf_counter()
-        fitted = EmbeddingModel.fit(
-            counts,
-            genes,
-            batch,
-            model=model,
-            n_latent=20 if n_latent is None else n_latent,
-            adversarial=adversarial,
-            max_steps=max_steps,
-            max_epochs=max_epochs,
-            seed=seed,
-            device=device,
-            progress=progress,
-        )
-        t_embed = time.perf_counter()
-        latent = fitted.embed_counts(counts, fitted.batch_codes(batch, adata.n_obs), progress=progress)
-        timing = {
-            "train_seconds": round(t_embed - t_train, 2),
-            "embed_seconds": round(time.perf_counter() - t_embed, 2),
-        }
+        fitted, latent, timing = _train(
+            adata, mask, setup_params["counts"], batch, model=model, n_latent=n_latent, adversarial=adversarial,
+            max_steps=max_steps, max_epochs=max_epochs, seed=seed, device=device, progress=progress,
+        )  # fmt: skip
     else:
         fitted = model if isinstance(model, EmbeddingModel) else _load(model, device)
         latent, overlap = fitted.transform(adata, batch_key=batch_key, counts=setup_params["counts"])
         timing = {}
     if save_model is not None:
         fitted.save(save_model, overwrite=overwrite)
-
-    cfg = fitted.config
-    params = {
-        "model": cfg["model"],
-        "n_latent": cfg["n_latent"],
-        "batch_key": batch_key,
-        "adversarial": cfg["adversarial"],
-        "trained": overlap is None,
-        "steps": cfg["training"]["steps"],
-        "seed": cfg["training"]["seed"],
-        "device": str(fitted.device),
-        **timing,
-    }
+    params = {**_model_params(fitted, batch_key, trained=overlap is None), **timing}
     out = _write(adata, latent, mask, setup_params, setup_pending, params, key_added, start, copy, overlap)
     if copy:
         return out
     return fitted if return_model else None
+
+
+def _train(adata: AnnData, mask, counts_key: str, batch, *, model: str, n_latent: int | None, **fit_options):
+    """Train a VAE or autoencoder on the selected genes and embed every cell: (model, latent, timings)."""
+    from ..model import EmbeddingModel, align_genes
+
+    genes = [str(g) for g in adata.var_names[mask]]
+    if adata.isbacked and counts_key == "X":  # minibatches of rows read from disk
+        from .._backed import RowReader
+
+        counts = RowReader(adata.X, columns=np.flatnonzero(mask))
+    else:
+        counts, _, _ = align_genes(adata, genes, counts=counts_key)
+    t_train = time.perf_counter()
+    fitted = EmbeddingModel.fit(
+        counts, genes, batch, model=model, n_latent=20 if n_latent is None else n_latent, **fit_options
+    )
+    t_embed = time.perf_counter()
+    latent = fitted.embed_counts(counts, fitted.batch_codes(batch, adata.n_obs), progress=fit_options["progress"])
+    timing = {
+        "train_seconds": round(t_embed - t_train, 2),
+        "embed_seconds": round(time.perf_counter() - t_embed, 2),
+    }
+    return fitted, latent, timing
+
+
+def _model_params(fitted: EmbeddingModel, batch_key: str | None, *, trained: bool) -> dict:
+    """What ``uns["biossl"]["embed"]`` records about a trained or reused model."""
+    cfg = fitted.config
+    return {
+        "model": cfg["model"],
+        "n_latent": cfg["n_latent"],
+        "batch_key": batch_key,
+        "adversarial": cfg["adversarial"],
+        "trained": trained,
+        "steps": cfg["training"]["steps"],
+        "seed": cfg["training"]["seed"],
+        "device": str(fitted.device),
+    }
 
 
 def _write(adata, latent, mask, setup_params, setup_pending, params, key_added, start, copy, overlap=None):
