@@ -218,12 +218,14 @@ def _scored_cells(adata: AnnData, truth_key: str, key: str) -> tuple[np.ndarray,
     for col in (truth_key, f"{key}_label", f"{key}_confidence"):
         if col not in adata.obs:
             raise ValueError(f"obs[{col!r}] not found; pass the truth column and run biossl.tl.annotate first.")
+    from .tl._propagation import UNKNOWN, label_codes
+
     truth = adata.obs[truth_key]
     keep = truth.notna().to_numpy()
-    labels_key = adata.uns.get("biossl", {}).get("annotate", {}).get("labels_key")
+    run = adata.uns.get("biossl", {}).get("annotate", {})
+    labels_key = run.get("labels_key")
     if labels_key is not None and labels_key in adata.obs and labels_key != truth_key:
-        given = adata.obs[labels_key]
-        keep &= given.isna().to_numpy() | (given.astype(str).to_numpy() == "Unknown")
+        keep &= label_codes(adata, labels_key, run.get("unlabeled_category", UNKNOWN))[0] < 0
     if not keep.any():
         raise ValueError(f"no unlabelled cell has a value in obs[{truth_key!r}]; nothing to score.")
     pred = adata.obs[f"{key}_label"].astype(str).to_numpy()[keep]
@@ -274,10 +276,11 @@ def budget_curve(
 
     if labels_key not in adata.obs:
         raise ValueError(f"labels_key={labels_key!r} is not a column of obs (have: {list(adata.obs.columns)[:10]}).")
-    col = adata.obs[labels_key]
-    known = col.notna().to_numpy()
-    truth = col.astype(str).to_numpy()
-    classes = sorted(set(truth[known]))
+    from .tl._propagation import label_codes
+
+    codes, classes = label_codes(adata, labels_key, None)
+    known = codes >= 0
+    truth = adata.obs[labels_key].astype(str).to_numpy()
     scratch = AnnData(obs=pd.DataFrame(index=adata.obs_names))
     for name in (f"{neighbors_key}_connectivities", f"{neighbors_key}_distances"):
         if name in adata.obsp:

@@ -9,6 +9,7 @@ from anndata import AnnData
 
 from .. import graph
 from .._record import get_record, record
+from .._types import KnnMethod
 
 logger = logging.getLogger("biossl")
 
@@ -19,7 +20,7 @@ def neighbors(
     n_neighbors: int = 15,
     use_rep: str = "X_biossl",
     key_added: str = "biossl",
-    method: str = "auto",
+    method: KnnMethod = "auto",
     seed: int = 0,
     copy: bool = False,
 ) -> AnnData | None:

@@ -11,6 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .. import graph
+from .._types import BatchCorrection
 
 logger = logging.getLogger("biossl")
 
@@ -19,7 +20,7 @@ MIXING_MAX_CELLS = 20_000  # the diagnostic's kNN graph is built on at most this
 
 
 def pca_latent(
-    counts, n_comps: int, seed: int, *, batch: np.ndarray | None = None, batch_correction: str = "auto"
+    counts, n_comps: int, seed: int, *, batch: np.ndarray | None = None, batch_correction: BatchCorrection = "auto"
 ) -> tuple[np.ndarray, dict]:
     """PCA of raw ``counts`` (cells × genes) after normalize_total (1e4) and log1p, and what was done about batches.
 

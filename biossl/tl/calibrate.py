@@ -20,6 +20,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from .._types import CalibrationMethod
 from ._propagation import rank01
 
 logger = logging.getLogger("biossl")
@@ -57,9 +58,9 @@ def fit_temperature(
 ) -> float:
     """Temperature minimising the (weighted) Brier score or negative log-likelihood of the true classes ``y``.
 
-    Brier is the default: with the ~50 held-out pairs of 5 labels per type, one confidently wrong pair
-    dominates the log-likelihood; on pbmc3k at k = 5 the Brier fit halved the seed-to-seed spread and
-    lowered the mean ECE from 0.055 to 0.045 (``benchmarks/calibration.py``).
+    Brier is the default: with the few dozen held-out pairs of a few labels per type, one confidently wrong
+    pair dominates the log-likelihood; the Brier fit gave a smaller seed-to-seed spread and a lower mean ECE
+    (``benchmarks/calibration.py``).
     """
     from scipy.optimize import minimize_scalar
 
@@ -117,7 +118,7 @@ def calibrate_proba(
     held_proba: np.ndarray,
     held_y: np.ndarray,
     *,
-    method: str = "temperature",
+    method: CalibrationMethod = "temperature",
     weights: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Apply a calibration map fitted on held-out (probability, true class) pairs to ``proba``.
@@ -155,7 +156,7 @@ def calibrate_annotation(
     codes: np.ndarray,
     proba: np.ndarray,
     *,
-    method: str = "temperature",
+    method: CalibrationMethod = "temperature",
     n_folds: int = 5,
     seed: int = 0,
 ) -> tuple[np.ndarray, dict]:
@@ -221,11 +222,11 @@ def novelty_score(
     mismatch: labels are propagated (``codes``: class codes, -1 = unlabelled), and each cell's expression
     is compared with the mean profile of the labelled cells of its predicted class
     (:func:`biossl.tl.reference.expression_ratio`, per batch of ``batches``). An unlabelled type next to a
-    labelled one is taken for it by the graph, but its genes still differ (baron_mouse: alpha, beta, delta
-    and gamma cells without labels, AUROC 0.19-0.64 by position, 0.97-0.99 by expression).
+    labelled one is taken for it by the graph, but its genes still differ (baron_mouse's endocrine types: far
+    better separated by expression than by position, ``benchmarks/novel_types.py``).
 
-    The top probability alone is a poor novelty score (AUROC ~0.6 in ``benchmarks/novel_types.py``):
-    propagation confidently assigns a whole unlabelled type to its nearest labelled neighbour.
+    The top probability alone is a poor novelty score (``benchmarks/novel_types.py``): propagation
+    confidently assigns a whole unlabelled type to its nearest labelled neighbour.
     """
     from .. import graph
 
@@ -252,8 +253,8 @@ def novelty_score(
 
 def _expression_ratio(W: sp.csr_matrix, codes: np.ndarray, counts, batches: np.ndarray | None, alpha: float):
     """:func:`biossl.tl.reference.expression_ratio` of each cell against its propagated class."""
+    from ._mapping import class_profiles, expression_ratio
     from ._propagation import propagate_labels
-    from .reference import class_profiles, expression_ratio
 
     n_classes = int(codes.max()) + 1
     _, _, pred = propagate_labels(W, codes, n_classes, alpha=alpha)
@@ -293,9 +294,8 @@ def novelty(
     None or a copy. Writes ``obs["{key_added}"]`` in (0, 1] (labelled cells 0). A high score means: look at
     this cell, its type may be missing from the labels. The expression view reads the raw counts of the genes
     :func:`biossl.pp.setup` selected (and its ``batch_key``); without raw counts only the position view is
-    used (a warning says so). In ``benchmarks/novel_types.py`` (one type's labels hidden, 5 labels per other
-    type) its AUROC was 0.88 / 0.92 / 1.00 on pbmc3k / baron_mouse / cellbench, against 0.54-0.73 for
-    ``1 - biossl_confidence``.
+    used (a warning says so). ``benchmarks/novel_types.py`` (one type's labels hidden, a few labels per other
+    type) compares its AUROC with ``1 - biossl_confidence``; the figures are in ``benchmarks/results``.
     """
     from ._propagation import connectivities, graph_representation, label_codes
 
