@@ -11,6 +11,7 @@ import numpy as np
 from anndata import AnnData
 
 from .._check import check_int
+from .._docs import doc_params
 from .._record import record, versions
 from .._types import BatchCorrection, Device, ModelKind
 from ..pp import check_batch, check_copy, ensure_setup, write_setup
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("biossl")
 
 
+@doc_params
 def embed(
     adata: AnnData,
     *,
@@ -75,7 +77,7 @@ def embed(
     seed
         Seed for initialisation, minibatch order and the held-out split.
     device
-        ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+        {device}
     key_added
         ``obsm`` key of the latent.
     save_model
@@ -85,7 +87,7 @@ def embed(
     return_model
         Return the :class:`~biossl.EmbeddingModel` (instead of None).
     progress
-        Show a progress bar; default: only when stderr is a terminal.
+        {progress}
     batch_correction
         For the PCA embedding with a batch key. ``"scale"``: scale each gene to zero mean and unit variance
         within each batch (on the genes detected in every batch) before PCA, which removes gene-wise shifts
@@ -94,7 +96,7 @@ def embed(
         (:func:`biossl.graph.batch_mixing`), and scale per batch when the mixing score is below
         ``biossl.graph.MIXING_MIN`` (labels could not cross such a graph); the scores and the choice are recorded.
     copy
-        Return a modified copy of ``adata``.
+        {copy}
 
     Returns
     -------

@@ -8,12 +8,14 @@ import numpy as np
 from anndata import AnnData
 
 from .. import graph
+from .._docs import doc_params
 from .._record import get_record, record
 from .._types import KnnMethod
 
 logger = logging.getLogger("biossl")
 
 
+@doc_params
 def neighbors(
     adata: AnnData,
     *,
@@ -41,7 +43,7 @@ def neighbors(
     seed
         Seed for the approximate search.
     copy
-        Return a modified copy.
+        {copy}
 
     Returns
     -------

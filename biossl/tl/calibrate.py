@@ -20,6 +20,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
+from .._docs import doc_params
 from .._types import CalibrationMethod
 from ._propagation import rank01
 
@@ -263,6 +264,7 @@ def _expression_ratio(W: sp.csr_matrix, codes: np.ndarray, counts, batches: np.n
     return expression_ratio(counts, present, pred, sp.csr_matrix(W), profiles, similarity, batches=batches)
 
 
+@doc_params
 def novelty(
     adata: AnnData,
     labels_key: str,
@@ -287,7 +289,7 @@ def novelty(
     key_added
         ``obs`` column written.
     copy
-        Return a modified copy.
+        {copy}
 
     Returns
     -------

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from .._docs import doc_params
 from .._record import record, versions
 from .._types import GeneGraph, GeneScoring
 from ._gene_eval import evaluate_gene_function
@@ -53,6 +54,7 @@ __all__ = [
 logger = logging.getLogger("biossl")
 
 
+@doc_params
 def gene_function(
     adata: AnnData,
     gene_sets: dict[str, list[str]] | str | os.PathLike,
@@ -119,7 +121,7 @@ def gene_function(
     return_table
         Return the tidy table (ignored with ``copy=True``).
     copy
-        Return a modified copy of ``adata`` instead of writing into it.
+        {copy}
 
     Returns
     -------
