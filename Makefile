@@ -30,7 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/fewlabel.py
 
 # Optional tools for the head-to-head benchmark (benchmarks/anchors/): never a dependency of biossl.
-# celltypist 1.7.1 needs scikit-learn < 1.8; scanpy.tl.ingest needs pynndescent 0.5.13.
+# celltypist 1.7.1 needs scikit-learn < 1.8; scanpy.tl.ingest needs pynndescent 0.5.13; decoupler: benchmarks/markers.py.
 BENCH_VENV := .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
 
@@ -41,7 +41,7 @@ $(BENCH_STAMP): pyproject.toml constraints.txt
 	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(BENCH_VENV)/bin/python -m pip install --quiet -c constraints.txt torch==2.13.0
 	$(BENCH_VENV)/bin/python -m pip install --quiet -c constraints.txt -e . scvi-tools celltypist \
-		"scikit-learn<1.8" pynndescent==0.5.13 harmonypy bbknn
+		"scikit-learn<1.8" pynndescent==0.5.13 harmonypy bbknn decoupler
 	touch $(BENCH_STAMP)
 
 clean-venv:

@@ -2,10 +2,21 @@
 
 from ._annotate import annotate
 from ._embed import embed
+from ._markers import annotate_markers
 from ._neighbors import neighbors
 from .calibrate import novelty
 from .genes import gene_function
 from .reference import fit_reference, map_query
 from .suggest import suggest_labels
 
-__all__ = ["annotate", "embed", "fit_reference", "gene_function", "map_query", "neighbors", "novelty", "suggest_labels"]
+__all__ = [
+    "annotate",
+    "annotate_markers",
+    "embed",
+    "fit_reference",
+    "gene_function",
+    "map_query",
+    "neighbors",
+    "novelty",
+    "suggest_labels",
+]

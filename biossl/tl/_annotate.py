@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import pandas as pd
 from anndata import AnnData
 
 from .._record import record
@@ -13,10 +12,11 @@ from ._propagation import (
     CLASS_PRIORS,
     UNKNOWN,
     annotation_predictor,
+    call_labels,
     connectivities,
     graph_representation,
-    normalise_rows,
     split_labels,
+    write_labels,
 )
 
 logger = logging.getLogger("biossl")
@@ -112,21 +112,11 @@ def annotate(
         from .calibrate import calibrate_annotation
 
         proba, calibration = calibrate_annotation(predictor, codes, proba)
-    proba, confidence, pred_codes = normalise_rows(proba)
-
+    labels, confidence, proba, unknown = call_labels(proba, codes, classes, unknown_threshold=unknown_threshold)
     labelled = codes >= 0
-    pred_codes[labelled] = codes[labelled]
-    confidence[labelled] = 1.0
-    unknown = pred_codes < 0
-    if unknown_threshold is not None:
-        unknown |= (confidence < unknown_threshold) & ~labelled
-    names = np.array([*classes, UNKNOWN], dtype=object)
-    labels = pd.Categorical(names[np.where(unknown, len(classes), pred_codes)], categories=[*classes, UNKNOWN])
 
     adata = adata.copy() if copy else adata
-    adata.obs[f"{key_added}_label"] = pd.Series(labels, index=adata.obs_names)
-    adata.obs[f"{key_added}_confidence"] = confidence.astype(np.float32)
-    adata.obsm[f"{key_added}_proba"] = proba.astype(np.float32)
+    write_labels(adata, key_added, labels, confidence, proba)
     record(
         adata,
         "annotate",

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
@@ -173,6 +174,43 @@ def normalise_rows(F: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     proba = np.zeros_like(F)
     proba[reached] = F[reached] / mass[reached, None]
     return proba, proba.max(1), np.where(reached, proba.argmax(1), -1)
+
+
+def call_labels(
+    proba: np.ndarray,
+    codes: np.ndarray,
+    classes: list[str],
+    *,
+    unknown_threshold: float | None = None,
+    unknown: np.ndarray | None = None,
+) -> tuple[pd.Categorical, np.ndarray, np.ndarray, np.ndarray]:
+    """The calls ``tl.annotate`` writes: labels (with ``"Unknown"``), confidence, probabilities, Unknown mask.
+
+    ``proba`` is cells × classes (rows are normalised here); cells with ``codes >= 0`` keep their label with
+    confidence 1. Cells no label reached, cells below ``unknown_threshold`` and cells in ``unknown`` (a mask
+    from the caller) are called ``"Unknown"``; the labelled cells never are.
+    """
+    proba, confidence, pred_codes = normalise_rows(proba)
+    labelled = codes >= 0
+    pred_codes[labelled] = codes[labelled]
+    confidence[labelled] = 1.0
+    called_unknown = pred_codes < 0
+    if unknown_threshold is not None:
+        called_unknown |= (confidence < unknown_threshold) & ~labelled
+    if unknown is not None:
+        called_unknown |= unknown & ~labelled
+    names = np.array([*classes, UNKNOWN], dtype=object)
+    labels = pd.Categorical(names[np.where(called_unknown, len(classes), pred_codes)], categories=[*classes, UNKNOWN])
+    return labels, confidence, proba, called_unknown
+
+
+def write_labels(
+    adata: AnnData, key_added: str, labels: pd.Categorical, confidence: np.ndarray, proba: np.ndarray
+) -> None:
+    """The keys of ``tl.annotate``: ``obs["{key}_label"]``, ``obs["{key}_confidence"]``, ``obsm["{key}_proba"]``."""
+    adata.obs[f"{key_added}_label"] = pd.Series(labels, index=adata.obs_names)
+    adata.obs[f"{key_added}_confidence"] = confidence.astype(np.float32)
+    adata.obsm[f"{key_added}_proba"] = proba.astype(np.float32)
 
 
 @functools.cache
