@@ -134,6 +134,6 @@ def annotate(
             "n_unknown": int(unknown.sum()),
         },
     )
-    adata.uns["biossl"]["classes"] = list(classes)
+    record(adata, "classes", classes)
     logger.info("annotate: %d labelled → %d cells, %d Unknown", labelled.sum(), adata.n_obs, unknown.sum())
     return adata if copy else None

@@ -368,87 +368,89 @@ def annotate_markers(
             UserWarning,
             stacklevel=2,
         )
-
-    types = list(markers)
-    scores = marker_scores(counts, found, W)
-    seeds = marker_seeds(scores, min_score=min_score, n_seeds=n_seeds)
-    classes = sorted(set(types) | set(user_classes))
-    codes, fixed, seed_source = _merge_seeds(seeds, types, user_codes, user_classes, classes)
-    per_type = {t: int((seeds == i).sum()) for i, t in enumerate(types)}
-    seeded = sorted({classes[c] for c in codes[codes >= 0]})
-    if len(seeded) < 2:
-        raise ValueError(
-            f"only {len(seeded)} type(s) ({', '.join(seeded) or 'none'}) have cells whose markers fit (score >= "
-            f"min_score={min_score}); lower min_score, check the markers, or label a few cells (labels_key)."
-        )
-    empty = [t for t in types if per_type[t] == 0 and t not in user_classes]
-    if empty:
-        warnings.warn(
-            f"no cell fits the markers of {', '.join(map(repr, empty))} (score >= min_score={min_score}); "
-            "these types are not called.",
-            UserWarning,
-            stacklevel=2,
-        )
-
+    seeding = _MarkerSeeds(list(markers), marker_scores(counts, found, W), user_codes, user_classes)
+    seeding.pick(min_score=min_score, n_seeds=n_seeds)
     rep = graph_representation(adata, neighbors_key) if refine else None
-    predictor = annotation_predictor(W, len(classes), alpha=alpha, rep=rep, class_prior=class_prior)
-    proba = predictor(codes)
-    calibration = {"method": "none", "reason": "markers only: no labelled cells to calibrate on"}
-    if calibrate and (fixed >= 0).any():
-        from .calibrate import calibrate_annotation
-
-        marker_only = np.where(fixed >= 0, -1, codes)  # the folds hide labelled cells; marker seeds stay
-
-        def with_markers(label_codes: np.ndarray) -> np.ndarray:
-            return predictor(np.where(label_codes >= 0, label_codes, marker_only))
-
-        proba, calibration = calibrate_annotation(with_markers, fixed, proba)
-    # no marker of the called type in the cell's neighbourhood: no type's markers fit
-    column = np.array([types.index(c) if c in types else -1 for c in classes])
-    called = proba.argmax(1)
-    fit = np.where(column[called] >= 0, scores[np.arange(len(called)), np.maximum(column[called], 0)], 1.0)
+    proba, calibration = seeding.propagate(W, alpha=alpha, rep=rep, class_prior=class_prior, calibrate=calibrate)
     labels, confidence, proba, unknown = call_labels(
-        proba, fixed, classes, unknown_threshold=unknown_threshold, unknown=fit < min_score
-    )
-
+        proba, seeding.fixed, seeding.classes, unknown_threshold=unknown_threshold,
+        unknown=seeding.marker_fit(proba) < min_score,
+    )  # fmt: skip
     adata = adata.copy() if copy else adata
     write_labels(adata, key_added, labels, confidence, proba)
-    adata.obs[f"{key_added}_seed"] = pd.Categorical(seed_source, categories=["labels", "markers"])
-    adata.obsm[f"{key_added}_marker_scores"] = scores.astype(np.float32)
-    record(
-        adata,
-        "annotate",
-        {
-            "seeds": "markers" if labels_key is None else "markers+labels",
-            "labels_key": labels_key,
-            "unlabeled_category": unlabeled_category if labels_key is not None else None,
-            "key_added": key_added,
-            "unknown_threshold": unknown_threshold,
-            "neighbors_key": neighbors_key,
-            "alpha": alpha,
-            "class_prior": class_prior,
-            "refine": bool(rep is not None),
-            "calibration": calibration,
-            "n_labelled": int((fixed >= 0).sum()),
-            "n_unknown": int(unknown.sum()),
-        },
-    )
-    rec = adata.uns["biossl"]
-    rec["classes"] = list(classes)
-    rec["markers"] = {
-        "types": types,
-        "genes": {t: [str(adata.var_names[j]) for j in found[t]] for t in types},
-        "missing": {t: list(g) for t, g in missing.items()},
-        "n_seeds": per_type,
-        "min_score": min_score,
-        "max_seeds_per_type": n_seeds,
-        "case_sensitive": bool(case_sensitive),
-    }
+    adata.obs[f"{key_added}_seed"] = pd.Categorical(seeding.source, categories=["labels", "markers"])
+    adata.obsm[f"{key_added}_marker_scores"] = seeding.scores.astype(np.float32)
+    settings = {
+        "labels_key": labels_key, "unlabeled_category": unlabeled_category if labels_key is not None else None,
+        "key_added": key_added, "unknown_threshold": unknown_threshold, "neighbors_key": neighbors_key,
+        "alpha": alpha, "class_prior": class_prior, "refine": bool(rep is not None), "calibration": calibration,
+    }  # fmt: skip
+    record(adata, "annotate", {"seeds": "markers" if labels_key is None else "markers+labels", **settings,
+           "n_labelled": int((seeding.fixed >= 0).sum()), "n_unknown": int(unknown.sum())})  # fmt: skip
+    record(adata, "classes", seeding.classes)
+    record(adata, "markers", {
+        "types": seeding.types, "genes": {t: [str(adata.var_names[j]) for j in found[t]] for t in seeding.types},
+        "missing": {t: list(g) for t, g in missing.items()}, "n_seeds": seeding.per_type, "min_score": min_score,
+        "max_seeds_per_type": n_seeds, "case_sensitive": bool(case_sensitive),
+    })  # fmt: skip
     logger.info(
         "annotate_markers: %d marker seeds, %d labelled → %d cells, %d Unknown",
-        int((seed_source == "markers").sum()), int((fixed >= 0).sum()), adata.n_obs, int(unknown.sum()),
+        int((seeding.source == "markers").sum()), int((seeding.fixed >= 0).sum()), adata.n_obs, int(unknown.sum()),
     )  # fmt: skip
     return adata if copy else None
+
+
+class _MarkerSeeds:
+    """The stages of :func:`annotate_markers` between the marker scores and the calls: pick, propagate, fit."""
+
+    def __init__(self, types: list[str], scores: np.ndarray, user_codes: np.ndarray, user_classes: list[str]):
+        self.types, self.scores, self.user_codes, self.user_classes = types, scores, user_codes, user_classes
+        self.classes = sorted(set(types) | set(user_classes))
+
+    def pick(self, *, min_score: float, n_seeds: int) -> None:
+        """Seed cells whose markers fit clearly best, merged with the user's labels; fail or warn on empty types."""
+        seeds = marker_seeds(self.scores, min_score=min_score, n_seeds=n_seeds)
+        self.codes, self.fixed, self.source = _merge_seeds(
+            seeds, self.types, self.user_codes, self.user_classes, self.classes
+        )
+        self.per_type = {t: int((seeds == i).sum()) for i, t in enumerate(self.types)}
+        seeded = sorted({self.classes[c] for c in self.codes[self.codes >= 0]})
+        if len(seeded) < 2:
+            raise ValueError(
+                f"only {len(seeded)} type(s) ({', '.join(seeded) or 'none'}) have cells whose markers fit (score >= "
+                f"min_score={min_score}); lower min_score, check the markers, or label a few cells (labels_key)."
+            )
+        empty = [t for t in self.types if self.per_type[t] == 0 and t not in self.user_classes]
+        if empty:
+            warnings.warn(
+                f"no cell fits the markers of {', '.join(map(repr, empty))} (score >= min_score={min_score}); "
+                "these types are not called.",
+                UserWarning,
+                stacklevel=3,
+            )
+
+    def propagate(self, W, *, alpha: float, rep, class_prior: str, calibrate: bool) -> tuple[np.ndarray, dict]:
+        """Propagate the seeds as ``annotate`` does; calibrate on the labelled cells when there are any."""
+        predictor = annotation_predictor(W, len(self.classes), alpha=alpha, rep=rep, class_prior=class_prior)
+        proba = predictor(self.codes)
+        calibration = {"method": "none", "reason": "markers only: no labelled cells to calibrate on"}
+        if calibrate and (self.fixed >= 0).any():
+            from .calibrate import calibrate_annotation
+
+            marker_only = np.where(self.fixed >= 0, -1, self.codes)  # the folds hide labelled cells; markers stay
+
+            def with_markers(label_codes: np.ndarray) -> np.ndarray:
+                return predictor(np.where(label_codes >= 0, label_codes, marker_only))
+
+            proba, calibration = calibrate_annotation(with_markers, self.fixed, proba)
+        return proba, calibration
+
+    def marker_fit(self, proba: np.ndarray) -> np.ndarray:
+        """Each cell's (smoothed) marker score of its called type; 1 for types known from labels only."""
+        column = np.array([self.types.index(c) if c in self.types else -1 for c in self.classes])
+        called = proba.argmax(1)
+        picked = self.scores[np.arange(len(called)), np.maximum(column[called], 0)]
+        return np.where(column[called] >= 0, picked, 1.0)
 
 
 def _user_labels(adata: AnnData, labels_key: str | None, unlabeled_category) -> tuple[np.ndarray, list[str]]:

@@ -67,7 +67,7 @@ def suggestion_scores(
         seeds = np.zeros((n, 1))
         seeds[labelled, 0] = 1.0 / labelled.sum()
         mass = graph.propagate(W, seeds, alpha=alpha)[:, 0]
-        # per unit degree: better picks than per sqrt(degree) on pbmc3k (+0.028 vs +0.010, benchmarks/active.py)
+        # per unit degree: better picks than per sqrt(degree) on pbmc3k (benchmarks/active.py)
         mass = mass / np.maximum(degree, 1e-12)
         coverage = 1.0 - rank01(mass)
     else:
@@ -179,8 +179,7 @@ def suggest_labels(
         Pick round-robin over the predicted types (cells no label reaches form their own group), so a
         batch covers rare types as well as large heterogeneous ones. Off by default: once ``annotate``
         estimated class priors (``class_prior="estimate"``), the unbalanced picks did better in
-        ``benchmarks/active.py`` (+0.023 / +0.015 over random per-class labels on pbmc3k / baron_mouse,
-        against −0.002 / +0.007 balanced).
+        ``benchmarks/active.py`` (figures in ``benchmarks/results/active.md``).
     copy
         Return a modified copy.
 
