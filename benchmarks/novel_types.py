@@ -7,7 +7,7 @@ on the unlabelled cells, AUROC of a novelty score for "belongs to the held-out t
 
 * ``1 - confidence``: the calibrated top probability, as written to ``obs["biossl_confidence"]``;
 * ``1 - confidence (raw)``: ``calibrate=False``;
-* ``novelty (position)``: ``biossl.tl.calibrate.novelty_score`` without counts (the larger of two ranks: how
+* ``novelty (position)``: ``biossl.tl._novelty.novelty_score`` without counts (the larger of two ranks: how
   little label mass reaches the cell through the graph, and its latent distance to the nearest labelled cell);
 * ``novelty``: ``biossl.tl.novelty`` (the mean of that rank and the rank of the cell's expression mismatch
   with the labelled cells of its predicted class).
@@ -42,8 +42,8 @@ COLUMNS = ("auroc_confidence", "auroc_raw_confidence", "auroc_novelty_position",
 def run_dataset(name: str, seeds: list[int], k: int = 5) -> dict:
     import biossl
     from biossl.metrics import auroc, fewlabel_split
+    from biossl.tl._novelty import novelty_score
     from biossl.tl._propagation import connectivities
-    from biossl.tl.calibrate import novelty_score
 
     adata = load_embedded(name)
     truth = adata.obs["cell_type"].astype(str).to_numpy()

@@ -138,8 +138,8 @@ def test_novelty_flags_a_type_without_labels(pbmc_graph):
 def test_novelty_reads_expression_where_the_graph_glues_a_type_to_its_neighbour(pbmc_graph, seed):
     """CD14+ monocytes with no label sit next to FCGR3A+ monocytes and DCs: by position alone they rank at
     AUROC 0.77 (benchmarks/novel_types.py, seeds 0-2), their expression gives them away."""
+    from biossl.tl._novelty import novelty_score
     from biossl.tl._propagation import connectivities
-    from biossl.tl.calibrate import novelty_score
 
     mask = _label(pbmc_graph, 5, seed, drop="CD14+ Mono")
     biossl.tl.novelty(pbmc_graph, "labels")
@@ -152,8 +152,8 @@ def test_novelty_reads_expression_where_the_graph_glues_a_type_to_its_neighbour(
 
 
 def test_novelty_without_raw_counts_uses_position_only(pbmc_graph, caplog):
+    from biossl.tl._novelty import novelty_score
     from biossl.tl._propagation import connectivities
-    from biossl.tl.calibrate import novelty_score
 
     mask = _label(pbmc_graph, 5, drop="B")
     pbmc_graph.X = pbmc_graph.X.multiply(1e4 / pbmc_graph.X.sum(1)).log1p().tocsr()  # log-normalised, no counts

@@ -4,7 +4,7 @@ from ._annotate import annotate
 from ._embed import embed
 from ._markers import annotate_markers
 from ._neighbors import neighbors
-from .calibrate import novelty
+from ._novelty import novelty
 from .genes import gene_function
 from .reference import fit_reference, map_query
 from .suggest import suggest_labels
