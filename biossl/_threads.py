@@ -142,6 +142,14 @@ def limit_threads(n: int | None, *, torch: bool | None = None, chosen: bool = Tr
                 os.environ[k] = v
 
 
+def _env_threads() -> int | None:
+    """The thread count set by ``OMP_NUM_THREADS`` (or ``MKL_NUM_THREADS``), if one is."""
+    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        with contextlib.suppress(TypeError, ValueError):
+            return max(1, int(os.environ.get(key)))
+    return None
+
+
 @contextlib.contextmanager
 def training_threads(torch_threads_at_import: int) -> Iterator[int]:
     """Cap torch's intra-op threads at :data:`TRAINING_THREADS` for a training loop, unless the user chose them.
@@ -154,17 +162,41 @@ def training_threads(torch_threads_at_import: int) -> Iterator[int]:
 
     current = torch.get_num_threads()
     limit = _LIMIT.get()
+    from_env = _env_threads()
     if limit is not None:
-        chosen = limit[1]
+        chosen, n = limit[1], current
+    elif from_env is not None:  # the user's count, even after a library (numba) changed OpenMP's
+        chosen, n = True, from_env
     else:
-        in_env = any(os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"))
-        chosen = in_env or current != torch_threads_at_import
-    n = current if chosen else min(current, TRAINING_THREADS)
+        chosen, n = current != torch_threads_at_import, current
+    n = n if chosen else min(n, TRAINING_THREADS)
     if n == current:
         yield n
         return
     torch.set_num_threads(n)
     try:
         yield n
+    finally:
+        torch.set_num_threads(current)
+
+
+@contextlib.contextmanager
+def env_threads() -> Iterator[None]:
+    """Hold torch at the ``OMP_NUM_THREADS`` count for a block, when one is set and biossl sets no limit.
+
+    numba (under scanpy) resets OpenMP's thread count when it starts, which torch reads as its own: without
+    this, a model applied before and after a scanpy call in one process would run with different thread
+    counts and give slightly different floats.
+    """
+    import torch
+
+    n = _env_threads() if _LIMIT.get() is None else None
+    current = torch.get_num_threads()
+    if n is None or n == current:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
     finally:
         torch.set_num_threads(current)

@@ -157,3 +157,27 @@ def test_training_keeps_torch_threads_the_user_chose(torch_two_threads, monkeypa
         at_import = 4 if how == "set_num_threads" else 2
         with _threads.training_threads(torch_threads_at_import=at_import) as n:
             assert n == torch.get_num_threads() == 2
+
+
+_SAME_AFTER_SCANPY = """
+import numpy as np, scipy.sparse as sp, biossl
+from biossl.tl._pca import log_normalise
+adata = biossl.datasets.pbmc()
+latents = []
+for _ in range(2):
+    run = adata.copy()
+    biossl.tl.embed(run, model="vae", max_steps=60, device="cpu", progress=False)
+    latents.append(run.obsm["X_biossl"])
+    log_normalise(sp.csr_matrix(np.ones((5, 5))))  # scanpy's numba code starts OpenMP with its own thread count
+print(np.array_equal(*latents))
+"""
+
+
+def test_omp_num_threads_holds_after_scanpy_changes_openmp():
+    """With OMP_NUM_THREADS set, a second fit in the same process (after scanpy's numba) gives the same latent."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", _SAME_AFTER_SCANPY], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-800:]
+    assert proc.stdout.strip() == "True"

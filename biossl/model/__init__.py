@@ -185,11 +185,12 @@ class EmbeddingModel:
     def embed_counts(self, X, batch_codes: np.ndarray, chunk_size: int = 4096, progress: bool | None = None):
         """Latent means of count rows ``X`` (already in model gene order)."""
         from .._progress import progress_bar
+        from .._threads import env_threads
 
         n = X.shape[0]
         out = np.empty((n, self.config["n_latent"]), dtype=np.float32)
         bar = progress_bar(n, "embedding", progress) if n > 50_000 else None
-        with torch.no_grad():
+        with torch.no_grad(), env_threads():
             for s in range(0, n, chunk_size):
                 idx = np.arange(s, min(n, s + chunk_size))
                 x = rows_to_tensor(X, idx, self.device)

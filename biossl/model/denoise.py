@@ -26,10 +26,12 @@ def denoised_log_expression(model, X, batch_codes: np.ndarray, *, chunk_size: in
     -------
     Cells × genes float32 array.
     """
+    from .._threads import env_threads
+
     module = model.module
     n = X.shape[0]
     out = np.empty((n, module.n_genes), dtype=np.float32)
-    with torch.no_grad():
+    with torch.no_grad(), env_threads():
         for s in range(0, n, chunk_size):
             idx = np.arange(s, min(n, s + chunk_size))
             x = rows_to_tensor(X, idx, model.device)
