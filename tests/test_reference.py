@@ -15,12 +15,14 @@ from sklearn.metrics import f1_score, roc_auc_score
 
 import biossl
 from biossl.cli import main
+from biossl.tl._reference import SAMPLE_PER_CLASS
 from biossl.tl.reference import AUTO_MAPPING_THRESHOLD as AUTO
 from biossl.tl.reference import REFINE_MAPPING_THRESHOLD as AUTO_REFINED
 from biossl.tl.reference import WIDE_SHARE_NEIGHBORS as WIDE
 from biossl.tl.reference import class_profiles, expression_match, mapping_score, reference_share, two_scale_share
 
 CELLBENCH = Path(__file__).parents[2] / "shared" / "data" / "cellbench" / "cellbench_lung_celllines.h5ad"
+STRONG_PBMC = Path(__file__).parents[2] / "shared" / "data" / "strong_batch" / "pbmc3k_two_technologies.h5ad"
 BARON = Path(__file__).parents[2] / "shared" / "data" / "baron_mouse" / "baron2016_mouse_pancreas.h5ad"
 STEPS = 600  # a short training budget keeps the tests fast; the benchmark uses the default
 
@@ -279,6 +281,30 @@ def test_cross_technology_mapping_cellbench():
     assert (query.obs["biossl_label"] == "Unknown").mean() < 0.01
 
 
+def test_reference_sample_carries_labels_across_technologies():
+    """Under a strong shift the calls settle on a joint expression graph with the reference's sampled cells."""
+    data = ad.read_h5ad(STRONG_PBMC)
+    is_b = (data.obs["batch"] == "tech_B").to_numpy()
+    reference = biossl.tl.fit_reference(
+        data[~is_b].copy(), "cell_type", batch_key="batch", max_steps=500, progress=False
+    )
+    without = biossl.Reference(
+        *(
+            getattr(reference, a)
+            for a in ("model", "latent", "codes", "classes", "meta", "held_out", "profiles", "profile_similarity")
+        )
+    )
+    scores = {}
+    for name, ref in (("sample", reference), ("query graph only", without)):
+        query = data[is_b].copy()
+        biossl.tl.map_query(query, ref, batch_key="batch", progress=False)
+        scores[name] = macro_f1(query.obs["cell_type"], query.obs["biossl_label"])
+        record = query.uns["biossl"]["map_query"]
+        assert record["refine_reference_cells"] == (len(reference.sample["index"]) if ref is reference else 0)
+    # measured 0.850 with the sample, 0.819 without (500-step reference)
+    assert scores["sample"] > 0.8 and scores["sample"] > scores["query graph only"] + 0.01, scores
+
+
 def test_poorly_mixed_batch_weighs_the_local_share_less():
     # batch 0: every query cell's 15 nearest cells are query cells (a technology the model did not align),
     # batch 1: well mixed. Batch 1 weighs the local share and the 50-neighbour share equally, batch 0 gives the
@@ -329,6 +355,12 @@ def test_reference_dir_round_trip_and_damage(reference, reference_dir, halves, m
     np.testing.assert_array_equal(loaded.profile_similarity, reference.profile_similarity)
     assert loaded.profiles.shape == (len(reference.classes), len(reference.model.genes))
     assert loaded.classes == reference.classes
+    # the expression sample: labelled cells only, at most SAMPLE_PER_CLASS per class, counts kept exactly
+    assert (loaded.sample["counts"] != reference.sample["counts"]).nnz == 0
+    np.testing.assert_array_equal(loaded.sample["index"], reference.sample["index"])
+    sampled_codes = reference.codes[reference.sample["index"]]
+    assert (sampled_codes >= 0).all() and np.bincount(sampled_codes).max() <= SAMPLE_PER_CLASS
+    assert loaded.sample["counts"].shape == (len(reference.sample["index"]), len(reference.model.genes))
     # a reference saved before biossl kept class profiles still loads and maps (without the expression part)
     old = tmp_path / "old"
     biossl.Reference(
@@ -338,9 +370,13 @@ def test_reference_dir_round_trip_and_damage(reference, reference_dir, halves, m
     biossl.tl.map_query(query, old, progress=False)
     assert biossl.Reference.load(old).profiles is None
     assert (query.obs["biossl_mapping_score"] >= mapped.obs["biossl_mapping_score"] - 1e-6).all()
-    # profiles that do not fit the classes and genes are refused
+    # profiles that do not fit the classes and genes are refused, and so is a sample that does not fit the cells
     with np.load(reference_dir / "reference.npz") as npz:
         arrays = dict(npz)
+    shutil.copytree(reference_dir, tmp_path / "bad_sample")
+    np.savez(tmp_path / "bad_sample" / "reference.npz", **{**arrays, "sample_index": arrays["sample_index"] + 10**6})
+    with pytest.raises(ValueError, match=r"reference\.npz.*expression sample"):
+        biossl.Reference.load(tmp_path / "bad_sample")
     arrays["profiles"] = arrays["profiles"][:, :10]
     shutil.copytree(reference_dir, tmp_path / "bad_profiles")
     np.savez(tmp_path / "bad_profiles" / "reference.npz", **arrays)

@@ -344,40 +344,46 @@ def expression_match(
     return part
 
 
-def refine_on_query(X, present, batches, proba, pred, confidence, score, threshold, n_classes, k, alpha, seed):
-    """Propagate the mapped calls over the query's own graph, with an Unknown class seeded by low mapping scores.
+def refine_on_query(
+    X, present, batches, proba, pred, confidence, score, threshold, n_classes, k, alpha, seed, *,
+    sample: dict | None = None, sample_codes: np.ndarray | None = None,
+):  # fmt: skip
+    """Propagate the mapped calls over an expression graph of the query, with an Unknown class seeded by low scores.
 
-    Seeds: per predicted class, the more confident half of its cells whose score reaches ``threshold``; and the
-    lower-scoring half of the cells below it, as class ``n_classes`` (Unknown). The propagated probabilities are
-    averaged with the mapped ones (``proba``; Unknown for cells below ``threshold``). Returns the class probabilities
-    (reference classes, rows summing to 1 or 0), the confidence (top class probability times the share not
-    given to Unknown), the predicted code and the Unknown mask.
+    The graph is a kNN graph on the PCA of the query's counts (:func:`biossl.tl._pca.pca_latent`, genes scaled per
+    batch when batches do not mix) and, with a reference ``sample`` (:func:`biossl.tl._reference.expression_sample`;
+    labels: ``sample_codes`` at its rows), of the sampled reference cells' counts too, each reference batch a batch
+    of its own. Seeds: the reference cells with their labels; per predicted class, the more confident half of its
+    query cells whose score reaches ``threshold``; and the lower-scoring half of the query cells below it, as class
+    ``n_classes`` (Unknown). The propagated probabilities are averaged with the mapped ones (``proba``; Unknown for
+    cells below ``threshold``). Returns the class probabilities (reference classes, rows summing to 1 or 0), the
+    confidence (top class probability times the share not given to Unknown), the predicted code and the Unknown mask.
     """
     n = X.shape[0]
-    if hasattr(X, "to_csr"):  # a backed query: the rows are read from disk (RowReader)
-        X = X.to_csr()
-    counts = X[:, np.flatnonzero(np.asarray(present) > 0)]
-    latent, _ = pca_latent(counts, 50, seed, batch=np.asarray(batches).astype(str))
-    idx, dist = graph.knn(latent, int(min(k, n - 1)), seed=seed)
+    counts, batch, ref_seeds = _expression_graph_input(X, present, batches, sample, sample_codes)
+    latent, _ = pca_latent(counts, 50, seed, batch=batch)
+    idx, dist = graph.knn(latent, int(min(k, counts.shape[0] - 1)), seed=seed)
     W = graph.gaussian_affinity(idx, dist)
-    seeds = np.full(n, -1, dtype=np.int64)
+    query_seeds = np.full(n, -1, dtype=np.int64)
     low = score < threshold
     for c in np.unique(pred[(pred >= 0) & ~low]):
         members = np.flatnonzero((pred == c) & ~low)
         n_seeds = max(1, int(len(members) * REFINE_SEED_FRACTION))
-        seeds[members[np.argsort(-confidence[members], kind="stable")[:n_seeds]]] = c
+        query_seeds[members[np.argsort(-confidence[members], kind="stable")[:n_seeds]]] = c
     low_cells = np.flatnonzero(low)
     n_seeds = int(len(low_cells) * REFINE_SEED_FRACTION)
-    seeds[low_cells[np.argsort(score[low_cells], kind="stable")[:n_seeds]]] = n_classes
+    query_seeds[low_cells[np.argsort(score[low_cells], kind="stable")[:n_seeds]]] = n_classes
+    seeds = np.concatenate([ref_seeds, query_seeds])
     used = np.unique(seeds[seeds >= 0])  # propagate over the classes that have seeds only
-    if len(used) < 2 or (seeds < 0).sum() == 0:  # nothing to refine: the mapped calls stand
+    if len(used) < 2 or (query_seeds < 0).sum() == 0:  # nothing to refine: the mapped calls stand
         return proba, confidence, pred, (pred < 0) | low
     compact = np.searchsorted(used, seeds)
     compact[seeds < 0] = -1
     predict = annotation_predictor(W, len(used), alpha=alpha, rep=latent.astype(np.float64), class_prior="estimate")
-    full = np.zeros((n, n_classes + 1))
+    full = np.zeros((len(seeds), n_classes + 1))
     full[:, used] = predict(compact)
-    full[seeds >= 0] = np.eye(n_classes + 1)[seeds[seeds >= 0]]  # seeds keep their call
+    full = full[len(ref_seeds) :]
+    full[query_seeds >= 0] = np.eye(n_classes + 1)[query_seeds[query_seeds >= 0]]  # seeds keep their call
     mapped = np.zeros((n, n_classes + 1))
     mapped[:, :n_classes] = proba
     mapped[low] = np.eye(n_classes + 1)[n_classes]
@@ -388,6 +394,24 @@ def refine_on_query(X, present, batches, proba, pred, confidence, score, thresho
     proba, top_known, pred = normalise_rows(known)
     confidence = top_known * known.sum(1) / np.maximum(full.sum(1), 1e-12)
     return proba, confidence, pred, unknown | (pred < 0)
+
+
+def _expression_graph_input(X, present, batches, sample: dict | None, sample_codes: np.ndarray | None):
+    """Counts (present genes), batch names and reference seeds of the refinement graph.
+
+    The query's cells alone, or after the reference sample's cells (their labels as seeds).
+    """
+    if hasattr(X, "to_csr"):  # a backed query: the rows are read from disk (RowReader)
+        X = X.to_csr()
+    cols = np.flatnonzero(np.asarray(present) > 0)
+    counts, batch = X[:, cols], np.asarray(batches).astype(str)
+    if sample is None or not len(sample["index"]):
+        return counts, batch, np.zeros(0, dtype=np.int64)
+    import scipy.sparse as sp
+
+    counts = sp.vstack([sample["counts"][:, cols], sp.csr_matrix(counts, dtype=np.float32)], format="csr")
+    batch = np.concatenate([np.char.add("reference ", sample["batch"]), np.char.add("query ", batch)])
+    return counts, batch, np.asarray(sample_codes)[sample["index"]].astype(np.int64)
 
 
 def query_batches(model: EmbeddingModel, batch: pd.Series | None, n: int) -> tuple[np.ndarray, list[str]]:

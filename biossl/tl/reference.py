@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -38,9 +37,10 @@ from ._mapping import (
     two_scale_share,
 )
 from ._propagation import UNKNOWN, label_codes, normalise_rows, propagate_labels, self_train
+from ._reference import Reference, expression_sample
 
 if TYPE_CHECKING:
-    from ..model import EmbeddingModel
+    pass
 
 __all__ = [
     "Reference",
@@ -55,102 +55,6 @@ __all__ = [
 ]  # the scores live in ._mapping; named here too, where map_query's documentation points
 
 logger = logging.getLogger("biossl")
-
-REFERENCE_FILE = "reference.npz"
-
-
-class Reference:
-    """A trained model with the reference cells' latent, labels and batches, and each class's mean profile.
-
-    Build it with :func:`biossl.tl.fit_reference`; share it with :meth:`save` / :meth:`load`.
-    """
-
-    def __init__(
-        self,
-        model: EmbeddingModel,
-        latent: np.ndarray,
-        codes: np.ndarray,
-        classes: list[str],
-        meta: dict,
-        held_out: np.ndarray | None = None,
-        profiles: np.ndarray | None = None,
-        profile_similarity: np.ndarray | None = None,
-    ):
-        self.model = model
-        self.latent = np.asarray(latent, dtype=np.float32)
-        self.codes = np.asarray(codes, dtype=np.int64)
-        self.classes = list(classes)
-        self.meta = dict(meta)
-        # reference cells the model did not train on (its early-stopping cells): they calibrate the mapping score
-        self.held_out = np.zeros(0, dtype=np.int64) if held_out is None else np.asarray(held_out, dtype=np.int64)
-        # mean log-normalised expression per class and its cells' typical match to it (None: saved before these)
-        self.profiles = None if profiles is None else np.asarray(profiles, dtype=np.float32)
-        self.profile_similarity = None if profile_similarity is None else np.asarray(profile_similarity, np.float32)
-
-    @property
-    def trained_index(self) -> np.ndarray:
-        """Rows of the reference cells the model was trained on (query cells are scored against these)."""
-        keep = np.ones(self.latent.shape[0], dtype=bool)
-        keep[self.held_out] = False
-        return np.flatnonzero(keep)
-
-    def __repr__(self) -> str:
-        return (
-            f"Reference({self.latent.shape[0]} cells, {len(self.classes)} classes, {len(self.model.genes)} genes, "
-            f"batches={self.model.batches or 'none'})"
-        )
-
-    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-        """Write ``model.pt`` (state dict), ``reference.npz`` (latent, labels, profiles) and ``config.json``."""
-        import io
-
-        from ..model.io import CONFIG, WEIGHTS, write_dir_atomic
-
-        buf = io.BytesIO()
-        arrays = {"latent": self.latent, "codes": self.codes, "held_out": self.held_out}
-        if self.profiles is not None:
-            arrays.update(profiles=self.profiles, profile_similarity=self.profile_similarity)
-        np.savez_compressed(buf, **arrays)
-        config = {**self.model.config, "reference": {**self.meta, "classes": self.classes}}
-        state = {k: v.detach().cpu() for k, v in self.model.module.state_dict().items()}
-        return write_dir_atomic(
-            path, {WEIGHTS: state, REFERENCE_FILE: buf.getvalue(), CONFIG: config}, overwrite=overwrite
-        )
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, *, device: Device | str = "auto") -> Reference:
-        """Load a reference directory (weights only; ``reference.npz`` read without pickle)."""
-        from ..model import EmbeddingModel
-        from ..model.io import CONFIG, WEIGHTS, read_config
-
-        config = read_config(path, required=(WEIGHTS, CONFIG))
-        if "reference" not in config:
-            raise ValueError(
-                f"{path} is a model directory, not a reference (no labelled cells in it); build one with "
-                "biossl.tl.fit_reference or `biossl fit-reference`."
-            )
-        if not (Path(path) / REFERENCE_FILE).is_file():
-            raise ValueError(f"reference directory {path} is missing {REFERENCE_FILE}; save the reference again.")
-        model = EmbeddingModel.load(path, device=device)
-        try:
-            with np.load(Path(path) / REFERENCE_FILE, allow_pickle=False) as npz:
-                latent, codes = npz["latent"], npz["codes"]
-                held_out = npz["held_out"] if "held_out" in npz.files else None
-                profiles = npz["profiles"] if "profiles" in npz.files else None
-                similarity = npz["profile_similarity"] if profiles is not None else None
-        except (ValueError, OSError, KeyError) as err:
-            why = "it holds pickled Python objects, which biossl never unpickles" if "pickle" in str(err) else err
-            raise ValueError(f"{Path(path) / REFERENCE_FILE} is damaged or not a biossl reference ({why}).") from None
-        meta = dict(config["reference"])
-        classes = [str(c) for c in meta.pop("classes")]
-        shape_ok = latent.shape == (len(codes), model.config["n_latent"]) and codes.max(initial=-1) < len(classes)
-        held_out_ok = held_out is None or not len(held_out) or (held_out.min() >= 0 and held_out.max() < len(codes))
-        profiles_ok = profiles is None or (
-            profiles.shape == (len(classes), len(model.genes)) and similarity.shape == (len(classes),)
-        )
-        if not (shape_ok and held_out_ok and profiles_ok):
-            raise ValueError(f"{Path(path) / REFERENCE_FILE} does not match config.json; the reference is damaged.")
-        return cls(model, latent, codes, classes, meta, held_out, profiles, similarity)
 
 
 def fit_reference(
@@ -223,7 +127,9 @@ def fit_reference(
         "distance_threshold": calibrate_mapping(latent, model.validation_index, codes),
     }
     profiles, similarity = class_profiles(counts, codes, len(classes))
-    return Reference(model, latent, codes, classes, meta, model.validation_index, profiles, similarity)
+    batch_names = np.full(adata.n_obs, "") if batch is None else batch.astype(str).to_numpy()
+    sample = expression_sample(counts, codes, batch_names, seed)
+    return Reference(model, latent, codes, classes, meta, model.validation_index, profiles, similarity, sample)
 
 
 def _reference_labels(adata: AnnData, labels_key: str, unlabeled_category: str | None) -> tuple[np.ndarray, list[str]]:
@@ -303,14 +209,15 @@ def map_query(
         threshold when a known type is called Unknown in bulk (the top class of ``obsm["{key_added}_proba"]``
         still names it); a higher one flags more novel cells.
     refine
-        Settle the calls on the query's own graph (a PCA of its counts, scaled per query batch when those do not
-        mix): the more confident half of each predicted class, among cells whose mapping score reaches
+        Settle the calls on an expression graph: a PCA of the counts of the query and of the reference's sample of
+        labelled cells (:attr:`Reference.sample`; genes scaled per batch when batches do not mix). The sample's
+        labels, the more confident half of each predicted class among query cells whose mapping score reaches
         ``mapping_threshold``, and the lower-scoring half of the cells below it, as an "Unknown" class, are
         propagated over that graph as in :func:`biossl.tl.annotate`, and the result is averaged with the mapped
-        probabilities (cells below the threshold counting as Unknown there). Under a strong shift (another
-        technology or species) the frozen model aligns the query only roughly; the query's own neighbourhoods
-        then carry the calls, and an Unknown call needs a region of the query, not a single low score
-        (``benchmarks/strong_batch.py``). Skipped for queries under 30 cells.
+        probabilities (cells below the threshold counting as Unknown there). References saved without a sample
+        use the query's own graph. Under a strong shift (another technology or species) the frozen model aligns
+        the query only roughly; expression neighbourhoods then carry the calls, and an Unknown call needs a region
+        of the query, not a single low score (``benchmarks/strong_batch.py``). Skipped for queries under 30 cells.
     fine_tune_steps
         Training steps for new batch columns (0 embeds new batches as the average of known ones).
     min_overlap
@@ -451,6 +358,7 @@ class _QueryMapping:
             self.proba, self.confidence, self.pred, unknown = refine_on_query(
                 self.X, self.present, self.codes, self.proba, self.pred, self.confidence, self.mapping_score,
                 mapping_threshold, len(self.reference.classes), self.k, self.alpha, self.seed,
+                sample=self.reference.sample, sample_codes=self.reference.codes,
             )  # fmt: skip
         else:
             unknown = (self.pred < 0) | (self.mapping_score < mapping_threshold)
@@ -469,7 +377,7 @@ class _QueryMapping:
         adata.obs[f"{key_added}_mapping_score"] = self.mapping_score.astype(np.float32)
         adata.obsm[f"{key_added}_proba"] = self.proba.astype(np.float32)
         record(adata, "gene_overlap", self.overlap)
-        n_unknown = int(self.unknown.sum())
+        n_unknown, sample = int(self.unknown.sum()), self.reference.sample
         record(
             adata,
             "map_query",
@@ -481,6 +389,7 @@ class _QueryMapping:
                 "alpha": self.alpha,
                 "mapping_threshold": self.mapping_threshold,
                 "refine": self.refine,
+                "refine_reference_cells": len(sample["index"]) if self.refine and sample is not None else 0,
                 "reference_mixing": self.mixing,
                 "distance_threshold": self.distance_threshold,
                 "wide_share_neighbors": self.wide_k,
