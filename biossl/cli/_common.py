@@ -22,7 +22,7 @@ from pathlib import Path
 
 import click
 
-from . import __version__
+from .. import __version__
 
 __all__ = ["main"]
 
@@ -241,7 +241,7 @@ def _threads(n: int | None):
 
     Entered before any work, so the environment variables reach the libraries the command loads later.
     """
-    from ._threads import available_cpus, default_threads, limit_threads
+    from .._threads import available_cpus, default_threads, limit_threads
 
     chosen = n is not None
     how = "--threads" if chosen else f"default; {available_cpus()} CPUs available"
@@ -272,7 +272,7 @@ def _plot(adata, path: str | os.PathLike, *, key: str, force: bool) -> None:
 
     import biossl
 
-    from ._io import write_figure_atomic
+    from .._io import write_figure_atomic
 
     with _quiet_scanpy():
         fig = biossl.pl.annotation(adata, key=key, show=False)
@@ -296,13 +296,13 @@ def _echo_summary(text: str) -> None:
 
 
 def _read(path: str, *, backed: bool = False):
-    from ._io import read_h5ad
+    from .._io import read_h5ad
 
     return read_h5ad(path, backed=backed)
 
 
 def _write_h5ad(adata, path: str, *, force: bool) -> None:
-    from ._io import write_h5ad_atomic
+    from .._io import write_h5ad_atomic
 
     try:
         write_h5ad_atomic(adata, path, overwrite=force)
@@ -335,7 +335,7 @@ def _embed(adata, *, model, batch_key, layer, n_latent, max_steps, seed, device,
 
 def _check_labels(adata, labels_key: str, unlabeled_category: str | None) -> tuple[int, int]:
     """Fail fast (before training) on an unusable labels column; returns (n labelled, n types)."""
-    from .tl._propagation import split_labels
+    from ..tl._propagation import split_labels
 
     codes, classes = split_labels(adata, labels_key, unlabeled_category)
     return int((codes >= 0).sum()), len(classes)
@@ -436,7 +436,7 @@ def main() -> None:
 
 def _exit_on_sigterm() -> None:
     """On SIGTERM (Snakemake, SLURM, ``kill``) delete the temp paths of unfinished writes, then exit 143."""
-    from ._io import install_sigterm_cleanup
+    from .._io import install_sigterm_cleanup
 
     restore = install_sigterm_cleanup(
         lambda: click.echo("error: terminated (SIGTERM); unfinished outputs were removed.", err=True)
@@ -580,7 +580,7 @@ def _annotate_with_reference(
     _check_h5ad_name(output)
     _check_io(input_path, {"output": output}, force=force)
     if gene_map is not None:  # read once up front, so a bad table fails fast and names the option
-        from ._genemap import read_gene_map
+        from .._genemap import read_gene_map
 
         read_gene_map(gene_map, option="--gene-map")
     with _threads(threads):
@@ -643,7 +643,7 @@ def fit_reference(
     with _threads(threads):
         import biossl
 
-        from .tl._propagation import label_codes
+        from ..tl._propagation import label_codes
 
         adata = _read(input_path)
         _counts_from_raw(adata, layer)
@@ -710,7 +710,7 @@ def _hidden_split(truth, known, k: int, seed: int):
     """Labelled mask: ``k`` per class among cells with a known truth label (biossl.metrics.fewlabel_split)."""
     import numpy as np
 
-    from .metrics import fewlabel_split
+    from ..metrics import fewlabel_split
 
     mask = np.zeros(len(truth), dtype=bool)
     mask[known] = fewlabel_split(truth[known], k, seed)
@@ -760,13 +760,13 @@ def evaluate(
 
         import biossl
 
-        from .metrics import expected_calibration_error, macro_f1
+        from ..metrics import expected_calibration_error, macro_f1
 
         adata = _read(input_path)
         _counts_from_raw(adata, layer)
         if labels_key not in adata.obs:
             raise CliError(f"labels_key={labels_key!r} is not a column of obs (have: {list(adata.obs.columns)[:10]}).")
-        from .tl._propagation import label_codes
+        from ..tl._propagation import label_codes
 
         codes, classes = label_codes(adata, labels_key, unlabeled_category)
         known = codes >= 0
@@ -849,7 +849,7 @@ def evaluate(
             f"{row['ece_mean']:>5.3f}"
         )
     if json_path is not None:
-        from ._io import write_text_atomic
+        from .._io import write_text_atomic
 
         doc = {
             "input": str(input_path),
@@ -896,7 +896,7 @@ def demo(out_dir, seed, threads) -> None:
 
         import biossl
 
-        from .metrics import fewlabel_split, macro_f1
+        from ..metrics import fewlabel_split, macro_f1
 
         adata = biossl.datasets.pbmc()
         truth = adata.obs["cell_type"].astype(str)
@@ -929,7 +929,7 @@ def _counts_from_raw(adata, layer: str | None) -> None:
     Only when ``adata.raw`` holds counts for every gene of X; they go to ``layers['counts']`` of the in-memory
     copy, so the output file records where the counts came from (uns['biossl']['setup']['counts']).
     """
-    from .pp import count_problem
+    from ..pp import count_problem
 
     if layer is not None or adata.isbacked or adata.raw is None or "counts" in adata.layers:
         return
@@ -955,7 +955,7 @@ def _use_layer(adata, layer: str | None) -> None:
 
 def _check_gene_sets(adata, path: str, case_sensitive: bool) -> None:
     """Fail before any training when IN's names clash ignoring case, or no set member is a gene of IN."""
-    from .tl.genes import read_gmt
+    from ..tl.genes import read_gmt
 
     names = [str(g) for g in adata.var_names]
     fold = (lambda g: g) if case_sensitive else str.upper
@@ -1055,7 +1055,7 @@ def genes(
             raise CliError(f"{opt} file {path!r} does not exist.")
     _check_io(input_path, {"--output": output, "--json": json_path}, force=force)
     with _threads(threads):
-        from .tl.genes import evaluate_gene_function, gene_function
+        from ..tl.genes import evaluate_gene_function, gene_function
 
         adata = _read(input_path)
         _counts_from_raw(adata, layer)
@@ -1082,7 +1082,7 @@ def genes(
             + ", ".join(f"{n}: {v['biossl']:.3f}/{v['neighbor_voting']:.3f}" for n, v in few.items())
         )
         if json_path is not None:
-            from ._io import write_text_atomic
+            from .._io import write_text_atomic
 
             doc = {
                 "input": str(input_path),
@@ -1100,7 +1100,7 @@ def genes(
             f"(Wilcoxon p={ours['wilcoxon_p_vs_neighbor_voting']:.2g}) in {_elapsed(start)}{wrote}"
         )
         return
-    from ._io import atomic_path
+    from .._io import atomic_path
 
     table = _rank_order(table)
     with atomic_path(output, overwrite=force) as tmp:
@@ -1160,7 +1160,7 @@ def suggest(input_path, output, force, n, labels_key, unlabeled_category, key_ad
     _write_h5ad(adata, output, force=force)
     picked = adata.obs[key_added].dropna().sort_values().index.astype(str)
     if table_path is not None:
-        from ._io import write_text_atomic
+        from .._io import write_text_atomic
 
         write_text_atomic(_tsv(_suggest_rows(adata, key_added)), table_path, overwrite=force)
     shown = ", ".join(picked[:5]) + (", ..." if len(picked) > 5 else "")
@@ -1211,7 +1211,7 @@ def report(input_path, output, force, truth_key, evaluation_path, key, title) ->
             raise CliError(f"--evaluation {evaluation_path!r} is not readable JSON ({_one_line(err)}).") from None
         if not isinstance(evaluation, dict) or "runs" not in evaluation:
             raise CliError(f"--evaluation {evaluation_path!r} is not the JSON of `biossl evaluate --json`.")
-    from .report import write_report
+    from ..report import write_report
 
     adata = _read(input_path)
     with _quiet_scanpy():
@@ -1377,8 +1377,8 @@ def _sample_summary(adata, sample: str, truth_key: str | None, key: str) -> tupl
     """One row of sample-level numbers and one row per predicted label."""
     import numpy as np
 
-    from .metrics import macro_f1, per_class_f1
-    from .report import natural_key
+    from ..metrics import macro_f1, per_class_f1
+    from ..report import natural_key
 
     label_col = f"{key}_label"
     for col in (label_col, f"{key}_confidence"):
@@ -1462,7 +1462,7 @@ def summarize(input_path, tsv_path, labels_tsv, png_path, sample, truth_key, key
     _check_io(input_path, outputs, force=force)
     sample = sample or Path(input_path).name.split(".")[0]
     with _threads(threads):
-        from ._io import write_text_atomic
+        from .._io import write_text_atomic
 
         adata = _read(input_path)
         row, labels = _sample_summary(adata, sample, truth_key, key)
@@ -1497,7 +1497,7 @@ def aggregate(tables, output, force) -> None:
     _check_io(None, {"output": output}, force=force)
     import pandas as pd
 
-    from ._io import write_text_atomic
+    from .._io import write_text_atomic
 
     frames = []
     for table in tables:
@@ -1519,7 +1519,7 @@ def aggregate(tables, output, force) -> None:
 
 def workflow_source() -> Path:
     """The Snakemake workflow shipped with biossl: ``biossl/workflows`` (wheel) or the checkout's ``workflows/``."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]
     for base in (here / "workflows", here.parent / "workflows"):
         if (base / "Snakefile").is_file():
             return base
@@ -1566,7 +1566,7 @@ def workflow_init(directory, example, force) -> None:
     existing = [str(t) for t in targets if t.exists()]
     if existing and not force:
         raise CliError(f"{len(existing)} file(s) already exist in {directory!r} (e.g. {existing[0]}); pass --force.")
-    from ._io import atomic_path
+    from .._io import atomic_path
 
     for rel in files:
         with atomic_path(dest / rel, overwrite=True) as tmp:
@@ -1577,7 +1577,7 @@ def workflow_init(directory, example, force) -> None:
 
         import biossl
 
-        from .metrics import fewlabel_split
+        from ..metrics import fewlabel_split
 
         adata = biossl.datasets.pbmc()
         truth = adata.obs["cell_type"].astype(str)
