@@ -53,66 +53,41 @@ def report(
 
 
 def _sample_summary(adata, sample: str, truth_key: str | None, key: str) -> tuple[dict, list[dict]]:
-    """One row of sample-level numbers and one row per predicted label."""
-    import numpy as np
+    """One row of sample-level numbers and one row per predicted label (:func:`biossl.report.annotation_summary`)."""
+    from ..report import annotation_summary
 
-    from ..metrics import macro_f1, per_class_f1
-    from ..report import natural_key
-
-    label_col = f"{key}_label"
-    for col in (label_col, f"{key}_confidence"):
+    for col in (f"{key}_label", f"{key}_confidence"):
         if col not in adata.obs:
             raise CliError(f"obs[{col!r}] not found; run `biossl annotate` on this file first.")
-    rec = adata.uns.get("biossl", {}).get("annotate", {})
-    pred = adata.obs[label_col].astype(str).to_numpy()
-    conf = adata.obs[f"{key}_confidence"].to_numpy(dtype=float)
-    seeds = np.zeros(adata.n_obs, dtype=bool)
-    labels_key = rec.get("labels_key")
-    if labels_key is not None and labels_key in adata.obs:
-        col = adata.obs[labels_key]
-        seeds = col.notna().to_numpy()
-        if rec.get("unlabeled_category") is not None:
-            seeds &= col.astype(str).to_numpy() != str(rec["unlabeled_category"])
-    query = ~seeds
-    f1 = {}
+    if truth_key is not None and truth_key not in adata.obs:
+        raise CliError(f"--truth-key {truth_key!r} is not a column of obs (have: {list(adata.obs.columns)[:10]}).")
+    summary = annotation_summary(adata, key=key, truth_key=truth_key)
+    rec = adata.uns.get("biossl", {})
     row = {
         "sample": sample,
         "n_cells": int(adata.n_obs),
-        "n_labelled": int(seeds.sum()),
-        "n_types": len(adata.uns.get("biossl", {}).get("classes", [])),
-        "n_unknown": int((pred == "Unknown").sum()),
-        "frac_unknown": float((pred == "Unknown").mean()),
-        "mean_confidence": float(conf[query].mean()) if query.any() else float("nan"),
-        "macro_f1": float("nan"),
-        "accuracy": float("nan"),
-        "n_scored": 0,
-        "embedding": str(adata.uns.get("biossl", {}).get("embed", {}).get("model", "")),
+        "n_labelled": int(summary.labelled.sum()),
+        "n_types": len(rec.get("classes", [])),
+        "n_unknown": summary.n_unknown,
+        "frac_unknown": summary.n_unknown / adata.n_obs,
+        "mean_confidence": summary.mean_confidence,
+        "macro_f1": summary.macro_f1,
+        "accuracy": summary.accuracy,
+        "n_scored": int(summary.scored.sum()),
+        "embedding": str(rec.get("embed", {}).get("model", "")),
     }
-    if truth_key is not None:
-        if truth_key not in adata.obs:
-            raise CliError(f"--truth-key {truth_key!r} is not a column of obs (have: {list(adata.obs.columns)[:10]}).")
-        truth_col = adata.obs[truth_key]
-        scored = query & truth_col.notna().to_numpy()
-        truth = truth_col.astype(str).to_numpy()
-        row["n_scored"] = int(scored.sum())
-        if scored.any():
-            row["macro_f1"] = macro_f1(truth[scored], pred[scored])
-            row["accuracy"] = float(np.mean(truth[scored] == pred[scored]))
-            f1 = per_class_f1(truth[scored], pred[scored])
-    labels = []
-    for label in sorted(set(pred), key=natural_key):
-        sel = pred == label
-        labels.append(
-            {
-                "sample": sample,
-                "label": label,
-                "n_cells": int(sel.sum()),
-                "fraction": float(sel.mean()),
-                "n_labelled": int((sel & seeds).sum()),
-                "mean_confidence": float(conf[sel & query].mean()) if (sel & query).any() else float("nan"),
-                "f1": f1.get(label, float("nan")),
-            }
-        )
+    labels = [
+        {
+            "sample": sample,
+            "label": per.label,
+            "n_cells": per.cells,
+            "fraction": per.fraction,
+            "n_labelled": per.labelled,
+            "mean_confidence": per.mean_confidence_unlabelled,
+            "f1": per.F1,
+        }
+        for per in summary.per_label.itertuples()
+    ]
     return row, labels
 
 
