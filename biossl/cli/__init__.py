@@ -13,7 +13,7 @@ from .demo import demo
 from .evaluate import evaluate
 from .genes import genes
 from .info import info
-from .reference import fit_reference
+from .reference import fit_reference, map_query_cmd
 from .suggest import suggest
 from .summary import aggregate, report, summarize
 from .workflow import workflow, workflow_source
@@ -40,7 +40,7 @@ def main() -> None:
 
 
 for _command in (
-    annotate, embed, fit_reference, evaluate, demo, genes, suggest, report, info, summarize, aggregate,
+    annotate, embed, fit_reference, map_query_cmd, evaluate, demo, genes, suggest, report, info, summarize, aggregate,
     workflow,
 ):  # fmt: skip
     main.add_command(_command)

@@ -57,7 +57,8 @@ def _labels_only(**given) -> None:
     "reference",
     metavar="REFDIR",
     type=click.Path(file_okay=False),
-    help="Annotate IN from a reference saved by `biossl fit-reference` instead of from labels in IN.",
+    help="Annotate IN from a reference saved by `biossl fit-reference` instead of from labels in IN "
+    "(the same as `biossl map`).",
 )
 @map_options("With --reference: ")
 @model_options()

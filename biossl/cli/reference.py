@@ -1,4 +1,7 @@
-"""``biossl fit-reference`` trains a reference once; :func:`map_file` maps new data onto it (``--reference``)."""
+"""``biossl fit-reference`` and ``biossl map``: train a reference once, map new data onto it.
+
+``biossl annotate --reference REFDIR`` is an alias of ``biossl map``: both run :func:`map_file`.
+"""
 
 from __future__ import annotations
 
@@ -20,12 +23,15 @@ from ._options import (
     gene_key_option,
     labels_key_option,
     layer_option,
+    n_neighbors_option,
+    output_options,
     seed_option,
     threads_option,
+    unknown_threshold_option,
     unlabeled_category_option,
 )
 
-__all__ = ["fit_reference", "map_file", "map_options"]
+__all__ = ["fit_reference", "map_file", "map_options", "map_query_cmd"]
 
 
 def map_options(when: str = ""):
@@ -56,7 +62,7 @@ def map_file(
     mapping_threshold: float | None, gene_map: str | None, gene_key: str | None, n_neighbors: int,
     max_steps: int | None, seed: int, device: Device, threads: int | None, force: bool, start: float,
 ) -> None:  # fmt: skip
-    """Map IN onto a saved reference and write OUT (``biossl annotate --reference``)."""
+    """Map IN onto a saved reference and write OUT (``biossl map``, ``biossl annotate --reference``)."""
     check_threshold(unknown_threshold)
     if not (Path(reference) / "config.json").is_file():
         raise CliError(f"--reference {reference!r} is not a biossl reference directory (no config.json in it).")
@@ -90,6 +96,43 @@ def map_file(
     )
 
 
+@click.command(name="map")
+@INPUT
+@output_options
+@click.option(
+    "--reference", "reference", required=True, metavar="REFDIR", type=click.Path(file_okay=False),
+    help="Reference directory saved by `biossl fit-reference`.",
+)  # fmt: skip
+@unknown_threshold_option
+@n_neighbors_option()
+@map_options()
+@batch_key_option()
+@click.option(
+    "--max-steps", type=click.IntRange(min=1),
+    help="Fine-tuning budget in gradient steps for IN's batches [default: as biossl.tl.map_query, 500].",
+)  # fmt: skip
+@seed_option()
+@device_option("Where to run the model (auto: a CUDA GPU when there is one).")
+@threads_option
+@common_options
+def map_query_cmd(
+    input_path: str, output: str, force: bool, reference: str, unknown_threshold: float | None, n_neighbors: int,
+    mapping_threshold: float | None, gene_map: str | None, gene_key: str | None, batch_key: str | None,
+    max_steps: int | None, seed: int, device: Device, threads: int | None,
+) -> None:  # fmt: skip
+    """Annotate every cell of IN.h5ad from a reference (`biossl fit-reference`); write OUT.h5ad.
+
+    Maps IN onto the reference (genes matched by name, or renamed first with --gene-map) and writes
+    obs['biossl_label'], obs['biossl_confidence'], obs['biossl_mapping_score'], obsm['biossl_proba'],
+    uns['biossl']['gene_overlap']. The same as `biossl annotate IN.h5ad --reference REFDIR`.
+    """
+    map_file(
+        input_path, output, reference, batch_key=batch_key, unknown_threshold=unknown_threshold,
+        mapping_threshold=mapping_threshold, gene_map=gene_map, gene_key=gene_key, n_neighbors=n_neighbors,
+        max_steps=max_steps, seed=seed, device=device, threads=threads, force=force, start=time.perf_counter(),
+    )  # fmt: skip
+
+
 @click.command(name="fit-reference")
 @INPUT
 @click.option(
@@ -114,7 +157,7 @@ def fit_reference(
 ) -> None:  # fmt: skip
     """Train a reference on labelled IN.h5ad and save it to a directory (model.pt, reference.npz, config.json).
 
-    Annotate new data with it: `biossl annotate QUERY.h5ad --reference REFDIR -o OUT.h5ad`.
+    Map new data onto it: `biossl map QUERY.h5ad --reference REFDIR -o OUT.h5ad`.
     """
     start = time.perf_counter()
     check_io(input_path, {"output": output}, force=force)
