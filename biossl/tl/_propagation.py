@@ -52,6 +52,16 @@ def label_codes(adata: AnnData, labels_key: str, unlabeled_category: str | None)
     return codes, classes
 
 
+def label_names(adata: AnnData, labels_key: str, unlabeled_category: str | None) -> tuple[np.ndarray, list[str]]:
+    """The label of each cell as text (``""`` = unlabelled, as :func:`label_codes` decides) and the sorted classes.
+
+    For comparing labels with predictions (scores, reports); as lenient as :func:`label_codes`.
+    """
+    codes, classes = label_codes(adata, labels_key, unlabeled_category)
+    names = np.array([*classes, ""], dtype=object)  # code -1 (unlabelled) picks the trailing ""
+    return names[codes], classes
+
+
 def split_labels(adata: AnnData, labels_key: str, unlabeled_category: str | None) -> tuple[np.ndarray, list[str]]:
     """Integer codes of ``obs[labels_key]`` (-1 = unlabelled) and the sorted class names.
 

@@ -590,9 +590,9 @@ def _genes_cli(tmp: Path) -> list:
     return ["genes", h5ad(tmp), "--gene-sets", sets, "-o", tmp / "g.tsv", "--graph", "coexpression"]
 
 
-def _reference_args(tmp: Path, damage: Callable[[Path], None]) -> list:
+def _reference_args(tmp: Path, damage: Callable[[Path], None], command: str = "annotate") -> list:
     ref = model_dir(tmp, "reference", damage)
-    return ["annotate", h5ad(tmp), "-o", tmp / "out.h5ad", "--reference", ref]
+    return [command, h5ad(tmp), "-o", tmp / "out.h5ad", "--reference", ref]
 
 
 def _mkdir(path: Path) -> Path:
@@ -1314,6 +1314,29 @@ CASES: list[Case] = [
         "`biossl annotate --reference DIR` on a file whose gene names the reference does not know",
         cli_case(
             lambda t: ["annotate", h5ad(t, _ensembl()), "-o", t / "out.h5ad", "--reference", model_dir(t, "reference")]
+        ),
+        ("only 0 of the model's",),
+    ),
+    Case(
+        "cli-map-reference-pickled",
+        "CLI",
+        "`biossl map --reference DIR` whose `reference.npz` is a code-running pickle",
+        cli_case(lambda t: _reference_args(t, pickle_reference, "map")),
+        ("reference.npz",),
+    ),
+    Case(
+        "cli-map-reference-is-a-plain-model",
+        "CLI",
+        "`biossl map --reference DIR` with a model directory that holds no reference",
+        cli_case(lambda t: ["map", h5ad(t), "-o", t / "out.h5ad", "--reference", model_dir(t)]),
+        ("reference",),
+    ),
+    Case(
+        "cli-map-reference-genes-mismatched",
+        "CLI",
+        "`biossl map --reference DIR` on a file whose gene names the reference does not know",
+        cli_case(
+            lambda t: ["map", h5ad(t, _ensembl()), "-o", t / "out.h5ad", "--reference", model_dir(t, "reference")]
         ),
         ("only 0 of the model's",),
     ),

@@ -1,0 +1,157 @@
+"""``biossl annotate`` and ``biossl embed``: few-label annotation of an h5ad file, and its embedding alone."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from ._common import check_io, cli_threads, common_options, echo_summary, elapsed
+from ._data import check_labels, counts_from_raw, embed_cells, embedding, read_input, write_h5ad
+from ._options import (
+    INPUT,
+    Device,
+    check_h5ad_name,
+    check_model_option,
+    check_threshold,
+    labels_key_option,
+    model_options,
+    n_neighbors_option,
+    output_options,
+    unknown_threshold_option,
+    unlabeled_category_option,
+)
+from .reference import map_file, map_options
+
+__all__ = ["annotate", "embed"]
+
+
+def _reference_clash(**given) -> None:
+    """``annotate --reference`` (the alias of ``biossl map``) takes no option of label-based annotation."""
+    clash = [f"--{name.replace('_', '-')}" for name, value in given.items() if value is not None]
+    if clash:
+        raise click.UsageError(f"--reference cannot be combined with {', '.join(clash)}.")
+
+
+def _labels_only(**given) -> None:
+    """Without ``--reference``: the mapping options are usage errors and ``--labels-key`` is required."""
+    for name, value in given.items():
+        if value is not None:
+            raise click.UsageError(f"--{name.replace('_', '-')} applies to --reference REFDIR only.")
+
+
+@click.command()
+@INPUT
+@output_options
+@labels_key_option("obs column with the few known labels (not with --reference).", required=False)
+@unlabeled_category_option()
+@unknown_threshold_option
+@n_neighbors_option()
+@click.option(
+    "--reuse-embedding",
+    is_flag=True,
+    help="Use obsm['X_biossl'] already in IN (from `biossl embed`) instead of embedding again.",
+)
+@click.option(
+    "--reference",
+    "reference",
+    metavar="REFDIR",
+    type=click.Path(file_okay=False),
+    help="Annotate IN from a reference saved by `biossl fit-reference` instead of from labels in IN "
+    "(the same as `biossl map`).",
+)
+@map_options("With --reference: ")
+@model_options()
+@common_options
+def annotate(
+    input_path: str, output: str, force: bool, labels_key: str | None, unlabeled_category: str,
+    unknown_threshold: float | None, n_neighbors: int, reuse_embedding: bool, reference: str | None,
+    mapping_threshold: float | None, gene_map: str | None, gene_key: str | None, model: str, batch_key: str | None,
+    layer: str | None, n_latent: int | None, max_steps: int | None, seed: int, device: Device, threads: int | None,
+    save_model: str | None,
+) -> None:  # fmt: skip
+    """Annotate every cell of IN.h5ad from a few labelled ones (or a reference); write OUT.h5ad.
+
+    Runs setup → embed → neighbors → annotate (or reuses a model with --model DIR, or the embedding
+    of `biossl embed` with --reuse-embedding). Writes obs['biossl_label'], obs['biossl_confidence'],
+    obsm['biossl_proba'], obsm['X_biossl'], obsp['biossl_connectivities'/'_distances'], uns['biossl'].
+    With --reference REFDIR, maps IN onto the reference (genes matched by name, or renamed first with
+    --gene-map) and adds obs['biossl_mapping_score'] and uns['biossl']['gene_overlap'].
+    """
+    start = time.perf_counter()
+    if reference is not None:
+        _reference_clash(
+            labels_key=labels_key, reuse_embedding=reuse_embedding or None, model=None if model == "auto" else model,
+            save_model=save_model, layer=layer, n_latent=n_latent,
+        )  # fmt: skip
+        map_file(
+            input_path, output, reference, batch_key=batch_key, unknown_threshold=unknown_threshold,
+            mapping_threshold=mapping_threshold, gene_map=gene_map, gene_key=gene_key, n_neighbors=n_neighbors,
+            max_steps=max_steps, seed=seed, device=device, threads=threads, force=force, start=start,
+        )  # fmt: skip
+        return
+    _labels_only(mapping_threshold=mapping_threshold, gene_map=gene_map, gene_key=gene_key)
+    if labels_key is None:
+        raise click.UsageError("Missing option '--labels-key' (or give --reference REFDIR).")
+    if reuse_embedding and (model != "auto" or save_model is not None):
+        raise click.UsageError("--reuse-embedding cannot be combined with --model or --save-model.")
+    model = check_model_option(model, save_model)
+    check_threshold(unknown_threshold)
+    check_h5ad_name(output)
+    check_io(input_path, {"output": output, "--save-model": save_model}, force=force)
+    with cli_threads(threads):
+        import biossl
+
+        adata = read_input(input_path)
+        counts_from_raw(adata, layer)
+        n_labelled, n_types = check_labels(adata, labels_key, unlabeled_category)
+        how = embedding(
+            adata, input_path, reuse=reuse_embedding, hint="run `biossl embed` on it first or ", model=model,
+            batch_key=batch_key, layer=layer, n_latent=n_latent, max_steps=max_steps, seed=seed, device=device,
+            save_model=save_model, force=force,
+        )  # fmt: skip
+        biossl.tl.neighbors(adata, n_neighbors=n_neighbors, seed=seed)
+        biossl.tl.annotate(
+            adata, labels_key, unlabeled_category=unlabeled_category, unknown_threshold=unknown_threshold
+        )
+        write_h5ad(adata, output, force=force)
+    n_unknown = int((adata.obs["biossl_label"] == "Unknown").sum())
+    saved = f"; model saved to {save_model}" if save_model else ""
+    echo_summary(
+        f"annotated {adata.n_obs} cells from {n_labelled} labels ({n_types} types, {n_unknown} Unknown; {how}) "
+        f"in {elapsed(start)} -> {output}{saved}"
+    )
+
+
+@click.command()
+@INPUT
+@output_options
+@model_options()
+@common_options
+def embed(
+    input_path: str, output: str, force: bool, model: str, batch_key: str | None, layer: str | None,
+    n_latent: int | None, max_steps: int | None, seed: int, device: Device, threads: int | None,
+    save_model: str | None,
+) -> None:  # fmt: skip
+    """Embed the cells of IN.h5ad (latent only); write OUT.h5ad with obsm['X_biossl'].
+
+    Follow with `biossl annotate OUT.h5ad --reuse-embedding ...`, or reuse the model saved with
+    --save-model on other data (`--model DIR`).
+    """
+    start = time.perf_counter()
+    model = check_model_option(model, save_model)
+    check_h5ad_name(output)
+    check_io(input_path, {"output": output, "--save-model": save_model}, force=force)
+    with cli_threads(threads):
+        adata = read_input(input_path)
+        counts_from_raw(adata, layer)
+        how = embed_cells(
+            adata, model=model, batch_key=batch_key, layer=layer, n_latent=n_latent, max_steps=max_steps, seed=seed,
+            device=device, save_model=save_model, force=force,
+        )  # fmt: skip
+        write_h5ad(adata, output, force=force)
+    saved = f"; model saved to {save_model}" if save_model else ""
+    echo_summary(
+        f"embedded {adata.n_obs} cells x {int(adata.var['biossl_hvg'].sum())} genes ({how} latent) "
+        f"in {elapsed(start)} -> {output}{saved}"
+    )
