@@ -206,3 +206,43 @@ def test_markers_file_path_works_like_a_dict(pbmc_graph):
     _annotate(pbmc_graph)
     assert (pbmc_graph.obs["from_file_label"] == pbmc_graph.obs["biossl_label"]).all()
     assert isinstance(pbmc_graph.obs["biossl_label"].dtype, pd.CategoricalDtype)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# command line: biossl annotate --markers
+
+
+def test_cli_annotate_with_markers_matches_the_api(pbmc_graph, tmp_path):
+    from click.testing import CliRunner
+
+    from biossl.cli import main
+
+    source = biossl.datasets.example_path("pbmc3k.h5ad")
+    markers = biossl.datasets.example_path("markers/pbmc3k_seurat.tsv")
+    out = tmp_path / "out.h5ad"
+    result = CliRunner().invoke(main, ["annotate", str(source), "-o", str(out), "--markers", str(markers)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[0].startswith("warning: markers not in adata.var_names") and MISSING in lines[0]
+    assert "from markers of 9 types" in lines[-1]
+    _annotate(pbmc_graph)  # the same defaults through the API
+    written = __import__("anndata").read_h5ad(out)
+    assert (written.obs["biossl_label"].astype(str) == pbmc_graph.obs["biossl_label"].astype(str)).all()
+    assert (written.obs["biossl_seed"].astype(str) == pbmc_graph.obs["biossl_seed"].astype(str)).all()
+
+
+def test_cli_markers_errors_name_the_option(tmp_path):
+    from click.testing import CliRunner
+
+    from biossl.cli import main
+
+    source = str(biossl.datasets.example_path("pbmc3k.h5ad"))
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("B MS4A1 CD79A\n")
+    result = CliRunner().invoke(main, ["annotate", source, "-o", str(tmp_path / "o.h5ad"), "--markers", str(bad)])
+    assert result.exit_code == 1 and not (tmp_path / "o.h5ad").exists()
+    assert result.output.strip().startswith("error: --markers: marker file") and "line 1" in result.output
+    result = CliRunner().invoke(
+        main, ["annotate", source, "-o", str(tmp_path / "o.h5ad"), "--markers", str(bad), "--reference", str(tmp_path)]
+    )
+    assert result.exit_code == 2 and "--reference cannot be combined with --markers" in result.output

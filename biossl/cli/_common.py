@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -119,6 +120,24 @@ def echo_summary(text: str) -> None:
 # every command: error lines, --debug, -v, --version, SIGTERM
 
 
+@contextlib.contextmanager
+def _biossl_warnings_as_lines():
+    """Show the ``UserWarning``s that biossl raises (bad but usable input) as ``warning: ...`` lines."""
+    package = Path(__file__).resolve().parents[1]
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, UserWarning) and Path(filename).resolve().is_relative_to(package):
+            warn(str(message))
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():  # restores the filters and showwarning afterwards
+        warnings.filterwarnings("always", category=UserWarning, module=r"biossl(\.|$)")
+        warnings.showwarning = show
+        yield
+
+
 def guarded(func: Callable) -> Callable:
     """Turn exceptions of a command into one ``error:`` line (or a traceback with ``--debug``)."""
 
@@ -126,7 +145,8 @@ def guarded(func: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         ctx = click.get_current_context()
         try:
-            return func(*args, **kwargs)
+            with _biossl_warnings_as_lines():
+                return func(*args, **kwargs)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as err:

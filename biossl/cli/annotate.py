@@ -6,7 +6,7 @@ import time
 
 import click
 
-from ._common import check_io, cli_threads, common_options, echo_summary, elapsed
+from ._common import CliError, check_io, cli_threads, common_options, echo_summary, elapsed
 from ._data import check_labels, counts_from_raw, embed_cells, embedding, read_input, write_h5ad
 from ._options import (
     INPUT,
@@ -53,6 +53,14 @@ def _labels_only(**given) -> None:
     help="Use obsm['X_biossl'] already in IN (from `biossl embed`) instead of embedding again.",
 )
 @click.option(
+    "--markers",
+    "markers_path",
+    metavar="FILE",
+    type=click.Path(dir_okay=False),
+    help="Marker genes per cell type (GMT, or TSV: type<TAB>gene per line or type<TAB>gene1<TAB>gene2...): "
+    "annotate from them, with or without --labels-key.",
+)
+@click.option(
     "--reference",
     "reference",
     metavar="REFDIR",
@@ -65,24 +73,27 @@ def _labels_only(**given) -> None:
 @common_options
 def annotate(
     input_path: str, output: str, force: bool, labels_key: str | None, unlabeled_category: str,
-    unknown_threshold: float | None, n_neighbors: int, reuse_embedding: bool, reference: str | None,
+    unknown_threshold: float | None, n_neighbors: int, reuse_embedding: bool, markers_path: str | None,
+    reference: str | None,
     mapping_threshold: float | None, gene_map: str | None, gene_key: str | None, model: str, batch_key: str | None,
     layer: str | None, n_latent: int | None, max_steps: int | None, seed: int, device: Device, threads: int | None,
     save_model: str | None,
 ) -> None:  # fmt: skip
-    """Annotate every cell of IN.h5ad from a few labelled ones (or a reference); write OUT.h5ad.
+    """Annotate every cell of IN.h5ad from a few labelled ones (or marker genes, or a reference); write OUT.h5ad.
 
     Runs setup → embed → neighbors → annotate (or reuses a model with --model DIR, or the embedding
     of `biossl embed` with --reuse-embedding). Writes obs['biossl_label'], obs['biossl_confidence'],
     obsm['biossl_proba'], obsm['X_biossl'], obsp['biossl_connectivities'/'_distances'], uns['biossl'].
-    With --reference REFDIR, maps IN onto the reference (genes matched by name, or renamed first with
-    --gene-map) and adds obs['biossl_mapping_score'] and uns['biossl']['gene_overlap'].
+    With --markers FILE, seeds come from marker genes (plus the labels of --labels-key, if given) and
+    obs['biossl_seed'] and obsm['biossl_marker_scores'] are added. With --reference REFDIR, maps IN onto
+    the reference (genes matched by name, or renamed first with --gene-map) and adds
+    obs['biossl_mapping_score'] and uns['biossl']['gene_overlap'].
     """
     start = time.perf_counter()
     if reference is not None:
         _reference_clash(
             labels_key=labels_key, reuse_embedding=reuse_embedding or None, model=None if model == "auto" else model,
-            save_model=save_model, layer=layer, n_latent=n_latent,
+            save_model=save_model, layer=layer, n_latent=n_latent, markers=markers_path,
         )  # fmt: skip
         map_file(
             input_path, output, reference, batch_key=batch_key, unknown_threshold=unknown_threshold,
@@ -91,8 +102,9 @@ def annotate(
         )  # fmt: skip
         return
     _labels_only(mapping_threshold=mapping_threshold, gene_map=gene_map, gene_key=gene_key)
-    if labels_key is None:
-        raise click.UsageError("Missing option '--labels-key' (or give --reference REFDIR).")
+    if labels_key is None and markers_path is None:
+        raise click.UsageError("Missing option '--labels-key' (or give --markers FILE or --reference REFDIR).")
+    markers = _read_markers(markers_path)
     if reuse_embedding and (model != "auto" or save_model is not None):
         raise click.UsageError("--reuse-embedding cannot be combined with --model or --save-model.")
     model = check_model_option(model, save_model)
@@ -104,23 +116,55 @@ def annotate(
 
         adata = read_input(input_path)
         counts_from_raw(adata, layer)
-        n_labelled, n_types = check_labels(adata, labels_key, unlabeled_category)
+        n_labelled, n_types = (0, 0) if labels_key is None else check_labels(adata, labels_key, unlabeled_category)
         how = embedding(
             adata, input_path, reuse=reuse_embedding, hint="run `biossl embed` on it first or ", model=model,
             batch_key=batch_key, layer=layer, n_latent=n_latent, max_steps=max_steps, seed=seed, device=device,
             save_model=save_model, force=force,
         )  # fmt: skip
         biossl.tl.neighbors(adata, n_neighbors=n_neighbors, seed=seed)
-        biossl.tl.annotate(
-            adata, labels_key, unlabeled_category=unlabeled_category, unknown_threshold=unknown_threshold
+        seeds, n_types = _annotate_step(
+            adata, markers, labels_key, unlabeled_category, unknown_threshold, n_labelled, n_types
         )
         write_h5ad(adata, output, force=force)
     n_unknown = int((adata.obs["biossl_label"] == "Unknown").sum())
     saved = f"; model saved to {save_model}" if save_model else ""
     echo_summary(
-        f"annotated {adata.n_obs} cells from {n_labelled} labels ({n_types} types, {n_unknown} Unknown; {how}) "
+        f"annotated {adata.n_obs} cells from {seeds} ({n_types} types, {n_unknown} Unknown; {how}) "
         f"in {elapsed(start)} -> {output}{saved}"
     )
+
+
+def _annotate_step(
+    adata, markers, labels_key, unlabeled_category, unknown_threshold, n_labelled: int, n_types: int
+) -> tuple[str, int]:
+    """``tl.annotate`` from labels, or ``tl.annotate_markers``; returns what seeded it (for the summary) and types."""
+    import biossl
+
+    if markers is None:
+        biossl.tl.annotate(
+            adata, labels_key, unlabeled_category=unlabeled_category, unknown_threshold=unknown_threshold
+        )
+        return f"{n_labelled} labels", n_types
+    biossl.tl.annotate_markers(
+        adata, markers, labels_key=labels_key, unlabeled_category=unlabeled_category,
+        unknown_threshold=unknown_threshold,
+    )  # fmt: skip
+    n_seeds = int((adata.obs["biossl_seed"] == "markers").sum())
+    labels = f" and {n_labelled} labels" if labels_key else ""
+    return f"markers of {len(markers)} types ({n_seeds} seed cells){labels}", len(adata.uns["biossl"]["classes"])
+
+
+def _read_markers(path: str | None) -> dict | None:
+    """The marker file of ``--markers``, read before any work so that a bad file fails fast and names the option."""
+    if path is None:
+        return None
+    from ..tl._markers import read_markers
+
+    try:
+        return read_markers(path)
+    except ValueError as err:
+        raise CliError(f"--markers: {err}") from None
 
 
 @click.command()
