@@ -361,7 +361,7 @@ def refine_on_query(
     """
     n = X.shape[0]
     counts, batch, ref_seeds = _expression_graph_input(X, present, batches, sample, sample_codes)
-    latent, _ = pca_latent(counts, 50, seed, batch=batch)
+    latent, _ = pca_latent(counts, 50, seed, batch=batch, copy=False)  # counts: a column selection, ours
     idx, dist = graph.knn(latent, int(min(k, counts.shape[0] - 1)), seed=seed)
     W = graph.gaussian_affinity(idx, dist)
     query_seeds = np.full(n, -1, dtype=np.int64)

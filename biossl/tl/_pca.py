@@ -20,16 +20,23 @@ MIXING_MAX_CELLS = 20_000  # the diagnostic's kNN graph is built on at most this
 
 
 def pca_latent(
-    counts, n_comps: int, seed: int, *, batch: np.ndarray | None = None, batch_correction: BatchCorrection = "auto"
+    counts,
+    n_comps: int,
+    seed: int,
+    *,
+    batch: np.ndarray | None = None,
+    batch_correction: BatchCorrection = "auto",
+    copy: bool = True,
 ) -> tuple[np.ndarray, dict]:
     """PCA of raw ``counts`` (cells × genes) after normalize_total (1e4) and log1p, and what was done about batches.
 
     Without batches (or ``batch_correction="none"``) genes are scaled over all cells. ``"scale"`` scales them
     within each batch (:func:`_pca_scaled_per_batch`); ``"auto"`` does so only when the batches mix poorly in the
     pooled PCA (:func:`biossl.graph.batch_mixing` below ``graph.MIXING_MIN``). The returned dict holds
-    ``batch_correction`` and the ``batch_mixing`` scores (empty without batches).
+    ``batch_correction`` and the ``batch_mixing`` scores (empty without batches). ``copy=False`` lets the
+    log-normalisation overwrite ``counts`` (a matrix the caller built for this).
     """
-    L = log_normalise(counts)
+    L = log_normalise(counts, copy=copy)
     single = batch is None or len(np.unique(batch)) < 2
     if single or batch_correction == "none":
         return _pooled_pca(L, n_comps, seed), ({} if single else {"batch_correction": "none"})
@@ -66,15 +73,41 @@ def _mixing(latent: np.ndarray, batch: np.ndarray, seed: int, n_neighbors: int =
     return graph.batch_mixing(idx, batch)
 
 
-def log_normalise(counts) -> sp.csr_matrix:
-    """Log-normalised counts as float32 CSR: scanpy's normalize_total (1e4), then log1p."""
-    import scanpy as sc
-    from anndata import AnnData
+CHUNK_NNZ = 1 << 22  # stored entries per chunk of the element-wise passes (bounds their temporaries)
 
-    tmp = AnnData(X=sp.csr_matrix(counts, dtype=np.float32))
-    sc.pp.normalize_total(tmp, target_sum=1e4)
-    sc.pp.log1p(tmp)
-    return sp.csr_matrix(tmp.X)
+
+def _row_chunks(indptr: np.ndarray):
+    """(first row, end row, first entry, end entry) of row blocks holding about ``CHUNK_NNZ`` entries each."""
+    n = len(indptr) - 1
+    start = 0
+    while start < n:
+        stop = int(np.searchsorted(indptr, indptr[start] + CHUNK_NNZ, side="right")) - 1
+        stop = min(n, max(stop, start + 1))
+        yield start, stop, int(indptr[start]), int(indptr[stop])
+        start = stop
+
+
+def log_normalise(counts, target_sum: float = 1e4, *, copy: bool = True) -> sp.csr_matrix:
+    """Log-normalised counts as float32 CSR: each cell scaled to ``target_sum``, then log1p.
+
+    The arithmetic of scanpy's ``normalize_total`` + ``log1p`` (float64 row sums stored as float32, float32
+    division, cells without counts left at 0), done in place on one float32 copy of ``counts`` in chunks, so
+    the working memory is that copy plus a few million entries. ``copy=False`` works on ``counts`` itself
+    when it is float32 CSR already (a matrix the caller owns).
+    """
+    X = sp.csr_matrix(counts, dtype=np.float32, copy=copy)
+    X.sum_duplicates()
+    totals = np.zeros(X.shape[0], dtype=np.float32)
+    for r0, r1, e0, e1 in _row_chunks(X.indptr):
+        rows = np.repeat(np.arange(r1 - r0), np.diff(X.indptr[r0 : r1 + 1]))
+        totals[r0:r1] = np.bincount(rows, weights=X.data[e0:e1], minlength=r1 - r0)
+    scale = totals / np.float32(target_sum)
+    scale = scale + (scale == 0)
+    for r0, r1, e0, e1 in _row_chunks(X.indptr):
+        block = X.data[e0:e1]
+        np.true_divide(block, np.repeat(scale[r0:r1], np.diff(X.indptr[r0 : r1 + 1])), out=block)
+        np.log1p(block, out=block)
+    return X
 
 
 def _pooled_pca(L: sp.csr_matrix, n_comps: int, seed: int) -> np.ndarray:
@@ -82,17 +115,22 @@ def _pooled_pca(L: sp.csr_matrix, n_comps: int, seed: int) -> np.ndarray:
 
     The matrix stays sparse: genes are scaled without centring (values clipped where the centred value
     would exceed 10, as ``sc.pp.scale(max_value=10)`` does) and PCA centres implicitly, so memory stays
-    O(nnz) (``sc.pp.scale`` would densify it).
+    O(nnz) (``sc.pp.scale`` would densify it). The scaled values share ``L``'s index arrays.
     """
     import scanpy as sc
     from anndata import AnnData
 
     mean = np.asarray(L.mean(0)).ravel()
-    var = np.asarray(L.multiply(L).mean(0)).ravel() - mean**2
+    squares = sp.csr_matrix((L.data * L.data, L.indices, L.indptr), shape=L.shape)
+    var = np.asarray(squares.mean(0)).ravel() - mean**2
+    del squares
     std = np.sqrt(np.maximum(var, 1e-12))
-    X = sp.csr_matrix(L @ sp.diags(1.0 / std))
-    X.data = np.minimum(X.data, (10.0 + mean / std)[X.indices]).astype(np.float32)
-    tmp = AnnData(X=X)
+    inverse, clip = 1.0 / std, 10.0 + mean / std
+    data = np.empty_like(L.data)
+    for _, _, e0, e1 in _row_chunks(L.indptr):
+        genes = L.indices[e0:e1]
+        data[e0:e1] = np.minimum(L.data[e0:e1].astype(np.float64) * inverse[genes], clip[genes])
+    tmp = AnnData(X=sp.csr_matrix((data, L.indices, L.indptr), shape=L.shape))
     n_comps = int(min(n_comps, tmp.n_obs - 1, tmp.n_vars - 1))
     sc.tl.pca(tmp, n_comps=n_comps, random_state=seed)
     return np.asarray(tmp.obsm["X_pca"], dtype=np.float32)
@@ -106,35 +144,41 @@ def _pca_scaled_per_batch(X, batch: np.ndarray, n_comps: int) -> np.ndarray:
     batch means, and the scores are ``X_b (s_b V) - m_b^T (s_b V)``, so memory stays O(nnz + genes^2).
     Values are clipped at 10 standard deviations above the batch mean, as ``sc.pp.scale(max_value=10)`` does.
     """
-    X = sp.csr_matrix(X, dtype=np.float64)
+    X = sp.csr_matrix(X)
     names, codes = np.unique(batch, return_inverse=True)
     rows = [np.flatnonzero(codes == b) for b in range(len(names))]
-    detected = np.vstack([np.asarray((X[r] > 0).mean(0)).ravel() for r in rows])
+    detected = np.vstack([_detected(X[r]) for r in rows])
     keep = (detected > 0).all(0) & (detected.min(0) >= 1e-3)
     if keep.sum() < 2 * n_comps:  # too few shared genes to drop the rest: keep every gene expressed somewhere
         keep = (detected > 0).any(0)
-    X = X[:, np.flatnonzero(keep)]
-    n_genes = X.shape[1]
-    means, scales, blocks = [], [], []
-    cov = np.zeros((n_genes, n_genes))
-    for r in rows:
-        Xb = X[r]
+    cols = np.flatnonzero(keep)
+    n_genes = len(cols)
+
+    def block(r: np.ndarray):  # one batch at a time, in float64, clipped (built twice rather than kept)
+        Xb = sp.csr_matrix(X[r][:, cols], dtype=np.float64)
         m = np.asarray(Xb.mean(0)).ravel()
         sd = np.sqrt(np.maximum(np.asarray(Xb.multiply(Xb).mean(0)).ravel() - m**2, 0.0))
-        s = np.where(sd > 1e-8, 1.0 / np.maximum(sd, 1e-8), 0.0)
-        Xb = Xb.tocsr(copy=True)
         Xb.data = np.minimum(Xb.data, (m + 10.0 * sd)[Xb.indices])
+        return Xb, m, np.where(sd > 1e-8, 1.0 / np.maximum(sd, 1e-8), 0.0)
+
+    cov = np.zeros((n_genes, n_genes))
+    for r in rows:
+        Xb, m, s = block(r)
         gram = (Xb.T @ Xb).toarray() - len(r) * np.outer(m, m)
         cov += gram * np.outer(s, s)
-        means.append(m)
-        scales.append(s)
-        blocks.append(Xb)
+        del Xb, gram
     n_comps = int(min(n_comps, X.shape[0] - 1, n_genes - 1))
     evecs = np.linalg.eigh(cov)[1]
     V = evecs[:, ::-1][:, :n_comps]
     V *= np.sign(V[np.abs(V).argmax(0), np.arange(n_comps)])  # one sign per component, for reproducible output
     latent = np.zeros((X.shape[0], n_comps))
-    for r, Xb, m, s in zip(rows, blocks, means, scales, strict=True):
+    for r in rows:
+        Xb, m, s = block(r)
         sV = s[:, None] * V
         latent[r] = Xb @ sV - m @ sV
     return latent.astype(np.float32)
+
+
+def _detected(Xb: sp.csr_matrix) -> np.ndarray:
+    """Share of the cells of ``Xb`` in which each gene has a positive count."""
+    return np.bincount(Xb.indices[Xb.data > 0], minlength=Xb.shape[1]) / Xb.shape[0]
