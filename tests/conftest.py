@@ -199,3 +199,19 @@ def same_as():
         assert_same(a, snapshot(b), exact_uns=exact_uns)
 
     return check
+
+
+@pytest.fixture(scope="session")
+def _pbmc_graph() -> AnnData:
+    """All of pbmc3k (example data) with the default PCA latent and graph, built once per session."""
+    adata = biossl.datasets.pbmc()
+    biossl.pp.setup(adata)
+    biossl.tl.embed(adata, model="pca", seed=0)
+    biossl.tl.neighbors(adata)
+    return adata
+
+
+@pytest.fixture
+def pbmc_graph(_pbmc_graph) -> AnnData:
+    """A fresh copy of :func:`_pbmc_graph`; truth in ``obs["cell_type"]``."""
+    return _pbmc_graph.copy()

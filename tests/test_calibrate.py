@@ -15,20 +15,6 @@ from biossl.metrics import auroc, expected_calibration_error, fewlabel_split, re
 from biossl.tl.calibrate import calibrate_proba, fit_temperature, scale_temperature
 
 
-@pytest.fixture(scope="module")
-def _pbmc_graph():
-    adata = biossl.datasets.pbmc()
-    biossl.pp.setup(adata)
-    biossl.tl.embed(adata, model="pca", seed=0)
-    biossl.tl.neighbors(adata)
-    return adata
-
-
-@pytest.fixture
-def pbmc_graph(_pbmc_graph):
-    return _pbmc_graph.copy()
-
-
 def _label(adata, k: int, seed: int = 0, drop: str | None = None) -> np.ndarray:
     truth = adata.obs["cell_type"].astype(str)
     mask = fewlabel_split(truth.to_numpy(), k, seed)

@@ -16,21 +16,6 @@ SEURAT = read_markers(biossl.datasets.example_path("markers/pbmc3k_seurat.tsv"))
 MISSING = "CCR7"
 
 
-@pytest.fixture(scope="module")
-def _pbmc_graph():
-    adata = biossl.datasets.pbmc()
-    biossl.pp.setup(adata)
-    biossl.tl.embed(adata, model="pca", seed=0)
-    biossl.tl.neighbors(adata)
-    return adata
-
-
-@pytest.fixture
-def pbmc_graph(_pbmc_graph):
-    """All of pbmc3k with the default (PCA) graph; truth in obs["cell_type"]."""
-    return _pbmc_graph.copy()
-
-
 def _annotate(adata, markers=SEURAT, **kwargs):
     with pytest.warns(UserWarning, match=f"(?i){MISSING}"):
         return biossl.tl.annotate_markers(adata, markers, **kwargs)

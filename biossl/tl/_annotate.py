@@ -7,6 +7,7 @@ import logging
 import numpy as np
 from anndata import AnnData
 
+from .._docs import doc_params
 from .._record import record
 from ._propagation import (
     CLASS_PRIORS,
@@ -22,6 +23,7 @@ from ._propagation import (
 logger = logging.getLogger("biossl")
 
 
+@doc_params
 def annotate(
     adata: AnnData,
     labels_key: str,
@@ -50,13 +52,13 @@ def annotate(
     labels_key
         Column of ``obs`` with the known labels; unlabelled cells are NaN or ``unlabeled_category``.
     unlabeled_category
-        Value marking unlabelled cells (in addition to NaN).
+        {unlabeled_category}
     key_added
         Prefix of the keys written.
     unknown_threshold
         Call ``"Unknown"`` below this confidence (0–1); None calls only unreachable cells Unknown.
     neighbors_key
-        Prefix of the graph in ``obsp``; None uses scanpy's ``obsp["connectivities"]``.
+        {neighbors_key}
     class_prior
         ``"estimate"`` (default): after propagation, reweight the classes by their share of the calls,
         capped at 1.5 / n_classes, so a rare type whose few cells are all labelled does not claim the

@@ -19,6 +19,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 from .._check import check_fraction, check_int
+from .._docs import doc_params
 from .._record import record
 from ..pp import check_copy, counts_matrix, find_counts
 from ._propagation import (
@@ -253,6 +254,7 @@ def marker_seeds(scores: np.ndarray, *, min_score: float, n_seeds: int) -> np.nd
 # the step
 
 
+@doc_params
 def annotate_markers(
     adata: AnnData,
     markers: Mapping[str, list[str]] | str | os.PathLike,
@@ -311,7 +313,7 @@ def annotate_markers(
     unknown_threshold
         Also call ``"Unknown"`` below this confidence (0–1), as in :func:`biossl.tl.annotate`.
     neighbors_key
-        Prefix of the graph in ``obsp``; None uses scanpy's ``obsp["connectivities"]``.
+        {neighbors_key}
     alpha
         Propagation strength in (0, 1), as in :func:`biossl.tl.annotate`.
     class_prior

@@ -105,9 +105,9 @@ def novelty(
     labels_key
         Column of ``obs`` with the known labels (unlabelled: NaN or ``unlabeled_category``).
     unlabeled_category
-        Value marking unlabelled cells (in addition to NaN).
+        {unlabeled_category}
     neighbors_key
-        Prefix of the graph in ``obsp``; None uses scanpy's ``obsp["connectivities"]``.
+        {neighbors_key}
     key_added
         ``obs`` column written.
     copy

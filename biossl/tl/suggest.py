@@ -8,6 +8,7 @@ import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 
+from .._docs import doc_params
 from .._record import record
 from ._propagation import (
     connectivities,
@@ -124,6 +125,7 @@ def _diverse_top(
     return np.array(chosen, dtype=np.int64)
 
 
+@doc_params
 def suggest_labels(
     adata: AnnData,
     n: int,
@@ -162,9 +164,9 @@ def suggest_labels(
     labels_key
         Column of ``obs`` with the labels known so far (unlabelled: NaN or ``unlabeled_category``).
     unlabeled_category
-        Value marking unlabelled cells (in addition to NaN).
+        {unlabeled_category}
     neighbors_key
-        Prefix of the graph in ``obsp``; None uses scanpy's ``obsp["connectivities"]``.
+        {neighbors_key}
     key_added
         ``obs`` column written.
     alpha
