@@ -1,4 +1,4 @@
-"""``tl.embed``: learn a latent space of the counts with a VAE or autoencoder."""
+"""``tl.embed``: a latent space of the counts, by PCA (the default) or a count VAE / autoencoder."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .. import graph
-from ._pca import pca_latent
+from ._pca import log_normalise, pca_latent
 from ._propagation import annotation_predictor, normalise_rows
 
 if TYPE_CHECKING:
@@ -210,16 +210,13 @@ EXPRESSION_BATCH_QUANTILE = 0.75  # the batch's match level: the known cells' me
 
 
 def _log_normalise(X, chunk_size: int = 8192):
-    """log1p of counts per 10,000 as a float32 CSR matrix (``X``: CSR, dense or a backed row reader)."""
+    """:func:`biossl.tl._pca.log_normalise` of ``X`` (CSR, dense or a backed row reader), a block of rows at a time."""
     import scipy.sparse as sp
 
-    blocks = []
-    for s in range(0, X.shape[0], chunk_size):
-        block = sp.csr_matrix(X[np.arange(s, min(X.shape[0], s + chunk_size))], dtype=np.float32)
-        lib = np.asarray(block.sum(1)).ravel()
-        block = (sp.diags((1e4 / np.maximum(lib, 1.0)).astype(np.float32)) @ block).tocsr()
-        block.data = np.log1p(block.data)
-        blocks.append(block)
+    blocks = [
+        log_normalise(X[np.arange(s, min(X.shape[0], s + chunk_size))], copy=False)  # a row selection is a copy
+        for s in range(0, X.shape[0], chunk_size)
+    ]
     return sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix(X.shape, dtype=np.float32)
 
 
