@@ -211,12 +211,15 @@ def write_h5ad_atomic(adata: AnnData, path: str | os.PathLike, *, overwrite: boo
         Output file.
     overwrite
         Replace an existing file (raises :class:`FileExistsError` otherwise).
+        A backed ``adata`` (``backed="r"``) gets its ``X`` copied from its file in chunks.
 
     Returns
     -------
     The output path.
     """
     with atomic_path(path, overwrite=overwrite) as tmp:
+        if adata.isbacked:  # anndata appends to the file it is given (X is copied from the backing file)
+            tmp.unlink()
         adata.write_h5ad(tmp)
     return Path(path)
 

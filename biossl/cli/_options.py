@@ -51,6 +51,22 @@ def device_option(help: str = "Where to train the model."):
     return click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help=help)
 
 
+def backed_option(func: Callable) -> Callable:
+    """``--backed``: read the input from disk in chunks (files larger than memory)."""
+    return click.option(
+        "--backed",
+        is_flag=True,
+        help="Read IN.h5ad from disk in chunks instead of loading it (files larger than memory); OUT gets IN's X "
+        "copied in chunks.",
+    )(func)
+
+
+def check_backed(backed: bool, layer: str | None) -> None:
+    """``--backed`` reads the counts from X on disk (or a layers['counts'] held in memory), not from --layer."""
+    if backed and layer is not None:
+        raise click.UsageError("--backed cannot be combined with --layer: a backed file's counts are read from X.")
+
+
 def layer_option(func: Callable) -> Callable:
     """``--layer NAME``: the layer with raw counts."""
     layer_help = "Layer with raw counts (default: X, else layers['counts'])."

@@ -11,6 +11,8 @@ from ._data import check_labels, counts_from_raw, embed_cells, embedding, read_i
 from ._options import (
     INPUT,
     Device,
+    backed_option,
+    check_backed,
     check_h5ad_name,
     check_model_option,
     check_threshold,
@@ -70,6 +72,7 @@ def _labels_only(**given) -> None:
 )
 @map_options("With --reference: ")
 @model_options()
+@backed_option
 @common_options
 def annotate(
     input_path: str, output: str, force: bool, labels_key: str | None, unlabeled_category: str,
@@ -77,7 +80,7 @@ def annotate(
     reference: str | None,
     mapping_threshold: float | None, gene_map: str | None, gene_key: str | None, model: str, batch_key: str | None,
     layer: str | None, n_latent: int | None, max_steps: int | None, seed: int, device: Device, threads: int | None,
-    save_model: str | None,
+    save_model: str | None, backed: bool,
 ) -> None:  # fmt: skip
     """Annotate every cell of IN.h5ad from a few labelled ones (or marker genes, or a reference); write OUT.h5ad.
 
@@ -93,7 +96,7 @@ def annotate(
     if reference is not None:
         _reference_clash(
             labels_key=labels_key, reuse_embedding=reuse_embedding or None, model=None if model == "auto" else model,
-            save_model=save_model, layer=layer, n_latent=n_latent, markers=markers_path,
+            save_model=save_model, layer=layer, n_latent=n_latent, markers=markers_path, backed=backed or None,
         )  # fmt: skip
         map_file(
             input_path, output, reference, batch_key=batch_key, unknown_threshold=unknown_threshold,
@@ -109,12 +112,13 @@ def annotate(
         raise click.UsageError("--reuse-embedding cannot be combined with --model or --save-model.")
     model = check_model_option(model, save_model)
     check_threshold(unknown_threshold)
+    check_backed(backed, layer)
     check_h5ad_name(output)
     check_io(input_path, {"output": output, "--save-model": save_model}, force=force)
     with cli_threads(threads):
         import biossl
 
-        adata = read_input(input_path)
+        adata = read_input(input_path, backed=backed)
         counts_from_raw(adata, layer)
         n_labelled, n_types = (0, 0) if labels_key is None else check_labels(adata, labels_key, unlabeled_category)
         how = embedding(
@@ -171,11 +175,12 @@ def _read_markers(path: str | None) -> dict | None:
 @INPUT
 @output_options
 @model_options()
+@backed_option
 @common_options
 def embed(
     input_path: str, output: str, force: bool, model: str, batch_key: str | None, layer: str | None,
     n_latent: int | None, max_steps: int | None, seed: int, device: Device, threads: int | None,
-    save_model: str | None,
+    save_model: str | None, backed: bool,
 ) -> None:  # fmt: skip
     """Embed the cells of IN.h5ad (latent only); write OUT.h5ad with obsm['X_biossl'].
 
@@ -184,10 +189,11 @@ def embed(
     """
     start = time.perf_counter()
     model = check_model_option(model, save_model)
+    check_backed(backed, layer)
     check_h5ad_name(output)
     check_io(input_path, {"output": output, "--save-model": save_model}, force=force)
     with cli_threads(threads):
-        adata = read_input(input_path)
+        adata = read_input(input_path, backed=backed)
         counts_from_raw(adata, layer)
         how = embed_cells(
             adata, model=model, batch_key=batch_key, layer=layer, n_latent=n_latent, max_steps=max_steps, seed=seed,
