@@ -90,6 +90,21 @@ def test_dry_run(samples, tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.parametrize(("limit", "backed"), [(0, True), (2000, False), (None, False)])
+def test_large_inputs_are_read_backed(samples, tmp_path, limit, backed):
+    """Samples above ``backed_above_mb`` on disk get ``--backed`` in the embed and annotate commands."""
+    config = write_config(
+        tmp_path / "config.yaml", samples={k: str(v) for k, v in samples.items()}, labels_key="labels",
+        backed_above_mb=limit,
+    )  # fmt: skip
+    proc = snakemake(tmp_path, "-n", "-p", "--cores", "2", configfile=config)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = (proc.stdout + proc.stderr).splitlines()
+    commands = [line.split("Shell command:", 1)[1].split() for line in lines if "Shell command: biossl " in line]
+    planned = [c for c in commands if c[1] in ("embed", "annotate")]
+    assert len(planned) == 4 and all(("--backed" in c) is backed for c in planned), planned
+
+
 @pytest.mark.parametrize(
     ("entries", "needle"),
     [
