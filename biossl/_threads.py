@@ -170,14 +170,8 @@ def training_threads(torch_threads_at_import: int) -> Iterator[int]:
     else:
         chosen, n = current != torch_threads_at_import, current
     n = n if chosen else min(n, TRAINING_THREADS)
-    if n == current:
+    with _torch_threads(n):
         yield n
-        return
-    torch.set_num_threads(n)
-    try:
-        yield n
-    finally:
-        torch.set_num_threads(current)
 
 
 @contextlib.contextmanager
@@ -188,9 +182,15 @@ def env_threads() -> Iterator[None]:
     this, a model applied before and after a scanpy call in one process would run with different thread
     counts and give slightly different floats.
     """
+    with _torch_threads(_env_threads() if _LIMIT.get() is None else None):
+        yield
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """Set torch's intra-op threads to ``n`` for a block and restore them after (None or the same count: no-op)."""
     import torch
 
-    n = _env_threads() if _LIMIT.get() is None else None
     current = torch.get_num_threads()
     if n is None or n == current:
         yield

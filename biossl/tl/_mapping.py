@@ -209,15 +209,11 @@ EXPRESSION_PRIOR_CELLS = 10  # a class with n reference cells has the part at th
 EXPRESSION_BATCH_QUANTILE = 0.75  # the batch's match level: the known cells' median while <= half are novel
 
 
-def _log_normalise(X, chunk_size: int = 8192):
-    """:func:`biossl.tl._pca.log_normalise` of ``X`` (CSR, dense or a backed row reader), a block of rows at a time."""
-    import scipy.sparse as sp
-
-    blocks = [
-        log_normalise(X[np.arange(s, min(X.shape[0], s + chunk_size))], copy=False)  # a row selection is a copy
-        for s in range(0, X.shape[0], chunk_size)
-    ]
-    return sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix(X.shape, dtype=np.float32)
+def _log_normalise(X):
+    """:func:`biossl.tl._pca.log_normalise` of ``X`` (CSR, dense or a backed row reader)."""
+    if hasattr(X, "to_csr"):  # a backed reader: its rows, read in chunks, are a matrix of our own
+        return log_normalise(X.to_csr(), copy=False)
+    return log_normalise(X)
 
 
 def _row_correlation(A: np.ndarray, B: np.ndarray) -> np.ndarray:
