@@ -410,13 +410,9 @@ def _expression_graph_input(X, present, batches, sample: dict | None, sample_cod
 def query_batches(model: EmbeddingModel, batch: pd.Series | None, n: int) -> tuple[np.ndarray, list[str]]:
     """Batch codes of query cells in the model's (extended) batch list, and the batches it has not seen."""
     known = {b: i for i, b in enumerate(model.batches)}
-    if batch is None:
-        if not model.batches:
-            return np.zeros(n, dtype=np.int64), []
+    if batch is None:  # the query is one new batch, also for a model trained on one batch (no batch columns)
         return np.full(n, len(known), dtype=np.int64), ["query"]
     values = batch.astype(str).to_numpy()
     new = [b for b in pd.unique(values) if b not in known]
-    if not model.batches and len(new) == 1:  # a model without batches: one query batch needs no new column
-        return np.zeros(n, dtype=np.int64), []
     lookup = {**known, **{b: len(known) + i for i, b in enumerate(new)}}
     return np.array([lookup[b] for b in values], dtype=np.int64), new

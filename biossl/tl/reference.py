@@ -178,8 +178,8 @@ def map_query(
         A :class:`Reference` or a directory written by :meth:`Reference.save`.
     batch_key
         Batches of the query. Batches the model has not seen get new batch columns fitted on the query
-        (only those weights are trained, ``fine_tune_steps`` steps); without a batch key the whole query
-        is treated as one new batch when the reference had batches.
+        (only those weights are trained, ``fine_tune_steps`` steps), also when the reference was one batch
+        (a model without batch columns); without a batch key the whole query is one new batch.
     key_added
         Prefix of the keys written (as :func:`biossl.tl.annotate`).
     n_neighbors, alpha
