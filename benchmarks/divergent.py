@@ -32,7 +32,9 @@ SOURCES = {
 GENE_SIGMA, TYPE_SIGMA, DEPTH, DROP, SHAPE = 1.0, 0.5, 0.5, 0.2, 4.0
 
 
-def divergent(adata, shift_batch: str | None, seed: int):
+def divergent(
+    adata, shift_batch: str | None, seed: int, *, type_sigma: float = TYPE_SIGMA, gene_sigma: float = GENE_SIGMA
+):
     """A copy of ``adata`` whose shifted cells (batch ``shift_batch``, or a random half) form a divergent tech_B."""
     import anndata as ad
 
@@ -46,9 +48,9 @@ def divergent(adata, shift_batch: str | None, seed: int):
     names, codes = np.unique(types, return_inverse=True)
     keep_share = rng.uniform(0.2, 1.0, len(names))
     keep = ~shift | (rng.random(adata.n_obs) < keep_share[codes])
-    gene = np.exp(rng.normal(0.0, GENE_SIGMA, adata.n_vars)) * DEPTH
+    gene = np.exp(rng.normal(0.0, gene_sigma, adata.n_vars)) * DEPTH
     gene[rng.random(adata.n_vars) < DROP] = 0.0
-    per_type = np.exp(rng.normal(0.0, TYPE_SIGMA, (len(names), adata.n_vars)))
+    per_type = np.exp(rng.normal(0.0, type_sigma, (len(names), adata.n_vars)))
     B = X[shift & keep].tocoo()
     mean = B.data * gene[B.col] * per_type[codes[shift & keep][B.row], B.col]
     B.data = rng.poisson(rng.gamma(SHAPE, mean / SHAPE)).astype(np.float64)
@@ -62,7 +64,7 @@ def divergent(adata, shift_batch: str | None, seed: int):
     )
     out.obs["batch"] = np.where(np.arange(out.n_obs) < len(a_rows), "tech_A", "tech_B")
     out.uns["divergent"] = {
-        "gene_sigma": GENE_SIGMA, "type_sigma": TYPE_SIGMA, "depth": DEPTH, "drop": DROP,
+        "gene_sigma": gene_sigma, "type_sigma": type_sigma, "depth": DEPTH, "drop": DROP,
         "gamma_shape": SHAPE, "seed": seed, "shift_batch": shift_batch or "random half",
     }  # fmt: skip
     return out

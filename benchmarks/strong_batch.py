@@ -184,43 +184,6 @@ class BbknnOnScaled(_OnScaledPCA):
         return b
 
 
-def mnn_bridges(X: np.ndarray, batch: np.ndarray, k: int = 20):
-    """Affinities of mutual nearest neighbours between batches (Haghverdi et al. 2018, Nat Biotechnol 36:421).
-
-    Cells ``i`` (batch a) and ``j`` (batch b) are a pair when each is among the other's ``k`` nearest cells of the
-    other batch. Pairs get the kernel of :func:`biossl.graph.gaussian_affinity` with cross-batch widths (each
-    cell's mean distance to its ``k`` nearest cells of the other batches), so that they carry weight although
-    batches lie apart. Returns a symmetric cells × cells matrix with one edge per pair (no within-batch edges).
-    """
-    import scipy.sparse as sp
-    from sklearn.neighbors import NearestNeighbors
-
-    X = np.ascontiguousarray(X, dtype=np.float32)
-    batch = np.asarray(batch)
-    names, codes = np.unique(batch, return_inverse=True)
-    n = X.shape[0]
-    rows, cols, dists = [], [], []
-    for b in range(len(names)):
-        inside, outside = np.flatnonzero(codes == b), np.flatnonzero(codes != b)
-        kb = int(min(k, len(inside)))
-        if kb < 1 or len(outside) == 0:
-            continue
-        dist, idx = NearestNeighbors(n_neighbors=kb).fit(X[inside]).kneighbors(X[outside])
-        rows.append(np.repeat(outside, kb))
-        cols.append(inside[idx.ravel()])
-        dists.append(dist.ravel())
-    if not rows:
-        return sp.csr_matrix((n, n))
-    r, c, d = np.concatenate(rows), np.concatenate(cols), np.concatenate(dists).astype(np.float64)
-    D = sp.csr_matrix((d, (r, c)), shape=(n, n))  # i's nearest cells of each other batch
-    counts = np.diff(D.indptr)
-    width = np.asarray(D.sum(1)).ravel() / np.maximum(counts, 1)
-    width = np.where(width > 0, width, np.median(width[width > 0]) if (width > 0).any() else 1.0)
-    mutual = D.multiply(D.T > 0).tocoo()  # kept where j also chose i
-    w = np.exp(-(mutual.data**2) / (width[mutual.row] * width[mutual.col]))
-    return sp.csr_matrix((w, (mutual.row, mutual.col)), shape=(n, n))
-
-
 class BiosslMnn(Biossl):
     """Candidate graph: biossl's default graph plus mutual-nearest-neighbour bridges between batches."""
 
@@ -228,6 +191,8 @@ class BiosslMnn(Biossl):
     k = 20
 
     def prepare(self, adata, seed):
+        from biossl.graph import mnn_bridges
+
         b = super().prepare(adata, seed)
         bridges = mnn_bridges(b.obsm["X_biossl"], b.obs[BATCH].to_numpy(), self.k)
         W = b.obsp["biossl_connectivities"]

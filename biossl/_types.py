@@ -8,6 +8,7 @@ Device = Literal["auto", "cpu", "cuda"]  # "cuda:N" picks one GPU
 ModelKind = Literal["auto", "vae", "ae", "pca"]
 BatchCorrection = Literal["auto", "none", "scale"]
 KnnMethod = Literal["auto", "exact", "pynndescent"]
+Bridges = Literal["auto", "mnn", "none"]
 GeneGraph = Literal["combined", "denoised", "loadings", "coexpression"]
 GeneScoring = Literal["ensemble", "propagation"]
 CalibrationMethod = Literal["temperature", "isotonic"]

@@ -244,6 +244,7 @@ NEIGHBOR_CASES: dict[str, tuple[Callable[[AnnData], dict], list[str]]] = {
     "use_rep missing": (lambda a: {"use_rep": "X_scvi"}, ["'X_scvi'"]),
     "NaN in the representation": (nan_in_rep, ["'X_biossl'", "NaN"]),
     "unknown search method": (lambda a: {"method": "annoy"}, ["'annoy'"]),
+    "unknown bridges": (lambda a: {"bridges": "bbknn"}, ["bridges", "'bbknn'"]),
 }
 
 
