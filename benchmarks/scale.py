@@ -8,13 +8,16 @@ macro-F1 on the unlabelled cells against the simulated truth; the machine load (
 before and after. The baseline (scanpy normalise/log1p/HVG/PCA + ``sc.pp.neighbors`` + sklearn
 ``LabelSpreading`` on scanpy's graph, all in memory) runs in its own subprocess up to ``--baseline-max``.
 
-Each run writes ``/tmp/biossl_scale/result_{n}.json`` and then all results found there are merged into
-``benchmarks/results/scale.json`` and plotted (log-log) in ``benchmarks/results/scale.png``, so sizes can
-be run separately (e.g. 10^6 in the background)::
+Each run writes ``/tmp/biossl_scale/result_{kind}_{n}.json`` and then all results found there are merged
+into ``benchmarks/results/scale.json`` (beside its saved runs of other methods and sizes) and plotted (log-log)
+in ``benchmarks/results/scale.png``, so sizes can be run separately (e.g. 10^6 in the background)::
 
     python benchmarks/scale.py --sizes 10000 100000 300000 1000000
     python benchmarks/scale.py --sizes 1000000 --no-baseline     # one size
     python benchmarks/scale.py --collect                          # only merge and plot
+    .venv-bench/bin/python benchmarks/scale.py --sizes 100000 1000000 --no-biossl --no-baseline --celltypist
+
+CellTypist (``--celltypist``, needs ``make bench-env``) runs on the same file and labelled cells, in memory.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ RESULTS = HERE / "results"
 WORK = Path(os.environ.get("BIOSSL_SCALE_DIR", "/tmp/biossl_scale"))
 STAGES = ["read", "hvg", "train", "embed", "knn", "propagate"]
 LABELS_PER_TYPE = 5
+CELLTYPIST_CHUNK = 100_000
 
 
 def _load() -> list[float]:
@@ -172,6 +176,53 @@ def run_baseline(path: Path, seed: int) -> dict:
     return out
 
 
+def run_celltypist(path: Path, seed: int) -> dict:
+    """CellTypist (the issue's speed anchor) on the same file and labelled cells: normalise, train, predict.
+
+    In memory (CellTypist has no backed path): log1p of counts per 10^4, a logistic-regression model trained on
+    the labelled cells over all genes (its defaults), then ``celltypist.annotate`` without majority voting, on
+    blocks of ``CELLTYPIST_CHUNK`` cells (its prediction holds a dense float64 copy: 10.7 GiB at 10^6 cells).
+    """
+    import anndata as ad
+    import celltypist
+    import numpy as np
+    import scanpy as sc
+
+    import biossl
+
+    out: dict = {"stages": {}, "rss_mb": {}, "cpu_s": {}}
+
+    def stage(name, t0, c0):
+        out["stages"][name] = round(time.perf_counter() - t0, 2)
+        out["cpu_s"][name] = round(_cpu() - c0, 2)
+        out["rss_mb"][name] = _rss_mb()
+        print(f"  celltypist {name}: {out['stages'][name]:.1f} s", file=sys.stderr, flush=True)
+
+    t0, c0 = time.perf_counter(), _cpu()
+    adata = ad.read_h5ad(path)
+    truth = adata.obs["cell_type"].astype(str).to_numpy()
+    stage("read", t0, c0)
+    t0, c0 = time.perf_counter(), _cpu()
+    sc.pp.normalize_total(adata, target_sum=1e4)
+    sc.pp.log1p(adata)
+    stage("normalise", t0, c0)
+    mask = biossl.metrics.fewlabel_split(truth, LABELS_PER_TYPE, seed)
+    t0, c0 = time.perf_counter(), _cpu()
+    train = adata[mask].copy()
+    model = celltypist.train(train, truth[mask], n_jobs=1, check_expression=False)
+    stage("train", t0, c0)
+    t0, c0 = time.perf_counter(), _cpu()
+    pred = []
+    for start in range(0, adata.n_obs, CELLTYPIST_CHUNK):  # its prediction densifies the cells x genes matrix
+        block = adata[start : start + CELLTYPIST_CHUNK]
+        labels = celltypist.annotate(block, model=model, majority_voting=False).predicted_labels
+        pred.append(labels["predicted_labels"].astype(str).to_numpy())
+    stage("predict", t0, c0)
+    out["scores"] = _scores(truth, np.concatenate(pred), mask)
+    out["n_labelled"] = int(mask.sum())
+    return out
+
+
 def child(n: int, kind: str, max_steps: int, seed: int, out_path: Path) -> None:
     """Run one size in this (fresh) process and write its JSON."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -188,7 +239,9 @@ def child(n: int, kind: str, max_steps: int, seed: int, out_path: Path) -> None:
         partial.update(total_cpu_s=round(_cpu(), 2), load_before=load_before, load_after=_load())
         out_path.write_text(json.dumps(partial, indent=1))
 
-    res = run_biossl(path, max_steps, seed, save) if kind == "biossl" else run_baseline(path, seed)
+    runners = {"biossl": lambda: run_biossl(path, max_steps, seed, save), "baseline": lambda: run_baseline(path, seed)}
+    runners["celltypist"] = lambda: run_celltypist(path, seed)
+    res = runners[kind]()
     res.update(
         complete=True,
         n_cells=n,
@@ -233,9 +286,12 @@ def collect() -> dict:
     sys.path.insert(0, str(HERE.parent))
     from biossl._io import write_figure_atomic, write_text_atomic
 
-    runs = [json.loads(p.read_text()) for p in sorted(WORK.glob("result_*.json"))]
-    runs.sort(key=lambda r: (r["method"], r["n_cells"]))
-    by = {(r["method"], r["n_cells"]): r for r in runs}
+    saved = RESULTS / "scale.json"
+    by = {(r["method"], r["n_cells"]): r for r in (json.loads(saved.read_text())["runs"] if saved.exists() else [])}
+    for p in sorted(WORK.glob("result_*.json")):  # runs found in WORK replace the saved run of their method and size
+        r = json.loads(p.read_text())
+        by[(r["method"], r["n_cells"])] = r
+    runs = sorted(by.values(), key=lambda r: (r["method"], r["n_cells"]))
     summary = {}
     big, small = by.get(("biossl", 1_000_000)), by.get(("biossl", 100_000))
     if big and small and big.get("complete", True) and small.get("complete", True):
@@ -275,6 +331,7 @@ def _plot(runs):
     fig, (ax_c, ax_t, ax_m) = plt.subplots(1, 3, figsize=(14, 4.2))
     ours = [r for r in runs if r["method"] == "biossl"]
     base = [r for r in runs if r["method"] == "baseline"]
+    typist = [r for r in runs if r["method"] == "celltypist"]
     for s in STAGES:
         pts = [(r["n_cells"], max(r["cpu_s"][s], 1e-2)) for r in ours if s in r.get("cpu_s", {})]
         if pts:
@@ -286,7 +343,8 @@ def _plot(runs):
         ax_c.plot([n0, 1e6], [c0, c0 * 1e6 / n0], ":", color="grey", label="linear from smallest")
     ax_c.set(xscale="log", yscale="log", xlabel="cells", ylabel="CPU seconds (1 thread)", title="biossl CPU per stage")
     ax_c.legend(fontsize=7)
-    for rows, style, name in ((done, "ks-", "biossl"), (base, "r^--", "scanpy + LabelSpreading")):
+    others = ((base, "r^--", "scanpy + LabelSpreading"), (typist, "bv-.", "CellTypist (in memory)"))
+    for rows, style, name in ((done, "ks-", "biossl"), *others):
         if rows:
             ax_t.plot([r["n_cells"] for r in rows], [r["total_cpu_s"] for r in rows], style, label=f"{name} CPU")
             ax_t.plot(
@@ -297,7 +355,7 @@ def _plot(runs):
         xscale="log", yscale="log", xlabel="cells", ylabel="seconds", title="total (wall includes waiting on load)"
     )
     ax_t.legend(fontsize=7)
-    for rows, style, name in ((ours, "ks-", "biossl (backed)"), (base, "r^--", "scanpy + LabelSpreading")):
+    for rows, style, name in ((ours, "ks-", "biossl (backed)"), *others):
         if rows:
             ax_m.plot([r["n_cells"] for r in rows], [r["peak_rss_mb"] / 1024 for r in rows], style, label=name)
     ax_m.axhline(8, color="grey", ls=":", label="8 GiB target")
@@ -315,6 +373,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--baseline-max", type=float, default=1e5, help="largest n for the in-memory baseline")
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--celltypist", action="store_true", help="also run CellTypist (needs make bench-env)")
+    parser.add_argument("--no-biossl", action="store_true", help="skip biossl (e.g. only add CellTypist rows)")
     parser.add_argument("--collect", action="store_true", help="only merge the results and plot")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--kind", default="biossl", help=argparse.SUPPRESS)
@@ -327,9 +387,13 @@ def main() -> None:
     if not args.collect:
         for n in (int(s) for s in args.sizes):
             ensure_data(n, args.seed)
-            res = run_size(n, "biossl", args.steps, args.seed, args.threads)
-            if res:
-                print(f"biossl n={n}: {res['total_s']:.0f} s, {res['peak_rss_mb']:.0f} MB, {res['scores']}")
+            for kind in ["biossl"] * (not args.no_biossl) + ["celltypist"] * args.celltypist:
+                res = run_size(n, kind, args.steps, args.seed, args.threads)
+                if res:
+                    print(
+                        f"{kind} n={n}: {res['total_s']:.0f} s, {res['total_cpu_s']:.0f} CPU-s, "
+                        f"{res['peak_rss_mb']:.0f} MB, {res['scores']}"
+                    )
             if not args.no_baseline and n <= args.baseline_max:
                 res = run_size(n, "baseline", args.steps, args.seed, args.threads)
                 if res:
