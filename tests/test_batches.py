@@ -125,7 +125,7 @@ def test_mnn_bridges_join_matching_clusters_only():
     rng = np.random.default_rng(0)
     centres = np.array([[0.0, 0.0], [10.0, 0.0]])
     a = np.vstack([rng.normal(c, 0.5, (50, 2)) for c in centres])
-    b = np.vstack([rng.normal(c + [0.0, 4.0], 0.5, (50, 2)) for c in centres])  # shifted, far from a
+    b = np.vstack([rng.normal(c + np.array([0.0, 4.0]), 0.5, (50, 2)) for c in centres])  # shifted, far from a
     X = np.vstack([a, b])
     batch = np.repeat(["a", "b"], 100)
     cluster = np.tile(np.repeat([0, 1], 50), 2)

@@ -48,6 +48,39 @@ def test_backed_refuses_what_it_cannot_do(few_labels, tmp_path):
     out = tmp_path / "out.h5ad"
     result = _run("annotate", few_labels, "-o", out, "--labels-key", "few", "--backed", "--layer", "counts")
     assert result.exit_code == 2 and "--backed cannot be combined with --layer" in result.output
-    result = _run("annotate", few_labels, "-o", out, "--reference", tmp_path, "--backed")
-    assert result.exit_code == 2 and "--reference cannot be combined with --backed" in result.output
     assert not out.exists()
+
+
+def test_backed_map_writes_what_the_in_memory_map_writes(tmp_path):
+    full = biossl.datasets.pbmc()
+    is_ref = np.random.default_rng(0).random(full.n_obs) < 0.5
+    query_path, refdir = tmp_path / "query.h5ad", tmp_path / "ref"
+    full[~is_ref].copy().write_h5ad(query_path)
+    biossl.tl.fit_reference(full[is_ref].copy(), "cell_type", max_steps=200, progress=False).save(refdir)
+    before = hashlib.sha256(query_path.read_bytes()).hexdigest()
+    outputs = {}
+    for how, args in (("memory", ["map"]), ("backed", ["map", "--backed"]), ("alias", ["annotate", "--backed"])):
+        outputs[how] = tmp_path / f"{how}.h5ad"
+        result = _run(*args[:1], query_path, "-o", outputs[how], "--reference", refdir, *args[1:])
+        assert result.exit_code == 0, result.output
+    a = ad.read_h5ad(outputs["memory"])
+    for how in ("backed", "alias"):
+        b = ad.read_h5ad(outputs[how])
+        assert (a.X != b.X).nnz == 0 and list(a.obs.columns) == list(b.obs.columns)
+        assert (a.obs["biossl_label"] == b.obs["biossl_label"]).all()
+        np.testing.assert_array_equal(a.obsm["biossl_proba"], b.obsm["biossl_proba"])
+        np.testing.assert_array_equal(a.obs["biossl_mapping_score"], b.obs["biossl_mapping_score"])
+    assert hashlib.sha256(query_path.read_bytes()).hexdigest() == before, "the input changed"
+
+
+def test_backed_map_of_values_that_are_not_counts_is_a_clear_error(tmp_path):
+    full = biossl.datasets.pbmc()
+    reference = biossl.tl.fit_reference(full[:600].copy(), "cell_type", max_steps=50, progress=False)
+    query = full[600:900].copy()
+    query.X = query.X.astype(np.float32) * 0.5  # halves: not counts
+    path = tmp_path / "q.h5ad"
+    query.write_h5ad(path)
+    backed = ad.read_h5ad(path, backed="r")
+    with pytest.raises(ValueError, match="backed X is not raw counts: it holds non-integer values"):
+        biossl.tl.map_query(backed, reference, progress=False)
+    assert "biossl_label" not in backed.obs and "biossl" not in backed.uns

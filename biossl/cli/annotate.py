@@ -96,12 +96,12 @@ def annotate(
     if reference is not None:
         _reference_clash(
             labels_key=labels_key, reuse_embedding=reuse_embedding or None, model=None if model == "auto" else model,
-            save_model=save_model, layer=layer, n_latent=n_latent, markers=markers_path, backed=backed or None,
+            save_model=save_model, layer=layer, n_latent=n_latent, markers=markers_path,
         )  # fmt: skip
         map_file(
             input_path, output, reference, batch_key=batch_key, unknown_threshold=unknown_threshold,
             mapping_threshold=mapping_threshold, gene_map=gene_map, gene_key=gene_key, n_neighbors=n_neighbors,
-            max_steps=max_steps, seed=seed, device=device, threads=threads, force=force, start=start,
+            max_steps=max_steps, seed=seed, device=device, threads=threads, force=force, start=start, backed=backed,
         )  # fmt: skip
         return
     _labels_only(mapping_threshold=mapping_threshold, gene_map=gene_map, gene_key=gene_key)

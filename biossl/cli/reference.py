@@ -15,6 +15,7 @@ from ._data import counts_from_raw, read_input, use_layer, write_h5ad
 from ._options import (
     INPUT,
     Device,
+    backed_option,
     batch_key_option,
     check_h5ad_name,
     check_threshold,
@@ -61,6 +62,7 @@ def map_file(
     input_path: str, output: str, reference: str, *, batch_key: str | None, unknown_threshold: float | None,
     mapping_threshold: float | None, gene_map: str | None, gene_key: str | None, n_neighbors: int,
     max_steps: int | None, seed: int, device: Device, threads: int | None, force: bool, start: float,
+    backed: bool = False,
 ) -> None:  # fmt: skip
     """Map IN onto a saved reference and write OUT (``biossl map``, ``biossl annotate --reference``)."""
     check_threshold(unknown_threshold)
@@ -76,7 +78,7 @@ def map_file(
         import biossl
 
         ref = biossl.Reference.load(reference, device=device)
-        adata = read_input(input_path)
+        adata = read_input(input_path, backed=backed)
         counts_from_raw(adata, None)
         kwargs = {} if max_steps is None else {"fine_tune_steps": max_steps}
         if mapping_threshold is not None:
@@ -113,12 +115,13 @@ def map_file(
 )  # fmt: skip
 @seed_option()
 @device_option("Where to run the model (auto: a CUDA GPU when there is one).")
+@backed_option
 @threads_option
 @common_options
 def map_query_cmd(
     input_path: str, output: str, force: bool, reference: str, unknown_threshold: float | None, n_neighbors: int,
     mapping_threshold: float | None, gene_map: str | None, gene_key: str | None, batch_key: str | None,
-    max_steps: int | None, seed: int, device: Device, threads: int | None,
+    max_steps: int | None, seed: int, device: Device, threads: int | None, backed: bool,
 ) -> None:  # fmt: skip
     """Annotate every cell of IN.h5ad from a reference (`biossl fit-reference`); write OUT.h5ad.
 
@@ -130,6 +133,7 @@ def map_query_cmd(
         input_path, output, reference, batch_key=batch_key, unknown_threshold=unknown_threshold,
         mapping_threshold=mapping_threshold, gene_map=gene_map, gene_key=gene_key, n_neighbors=n_neighbors,
         max_steps=max_steps, seed=seed, device=device, threads=threads, force=force, start=time.perf_counter(),
+        backed=backed,
     )  # fmt: skip
 
 

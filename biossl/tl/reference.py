@@ -173,7 +173,8 @@ def map_query(
     ----------
     adata
         Query cells with raw counts; genes are matched to the model's by name (missing genes are zero-filled
-        and left out of the likelihood).
+        and left out of the likelihood). A backed AnnData (``read_h5ad(path, backed="r")``) is read by chunks
+        of rows, and only the model's genes are held in memory.
     reference
         A :class:`Reference` or a directory written by :meth:`Reference.save`.
     batch_key
@@ -295,9 +296,13 @@ class _QueryMapping:
 
         model = self.reference.model
         self.X, self.present, self.overlap = align_genes(
-            adata, model.genes, counts=find_counts(adata), min_overlap=min_overlap,
+            adata, model.genes, counts="X" if adata.isbacked else find_counts(adata), min_overlap=min_overlap,
             case_sensitive=case_sensitive, gene_key=gene_key, gene_map=gene_map,
         )  # fmt: skip
+        if adata.isbacked:  # a backed X: only the model's genes are read, by chunks of rows
+            from .._backed import read_counts
+
+            self.X = read_counts(self.X)
         codes, self.new = query_batches(model, check_batch(adata, batch_key), adata.n_obs)
         if self.new and fine_tune_steps > 0:
             model = model.adapt(
