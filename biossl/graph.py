@@ -211,9 +211,10 @@ def mnn_bridges(
 
 def _query(data: np.ndarray, queries: np.ndarray, k: int, *, method: KnnMethod, seed: int):
     """Indices into ``data`` and distances of the ``k`` nearest rows of ``data`` to each row of ``queries``."""
+    small = data.shape[0] <= 2_000  # an index of a few cells: exact (pynndescent needs more cells than neighbours)
     if method == "auto":
-        method = "exact" if data.shape[0] + queries.shape[0] <= EXACT_MAX_CELLS else "pynndescent"
-    if method == "exact":
+        method = "exact" if small or data.shape[0] + queries.shape[0] <= EXACT_MAX_CELLS else "pynndescent"
+    if method == "exact" or small:
         from sklearn.neighbors import NearestNeighbors
 
         dist, idx = NearestNeighbors(n_neighbors=k).fit(data).kneighbors(queries)

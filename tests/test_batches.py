@@ -134,6 +134,10 @@ def test_mnn_bridges_join_matching_clusters_only():
     assert (cluster[W.row] == cluster[W.col]).all()  # each joins a cluster to its own counterpart
     assert (W.data > 0).all() and (W.data <= 1).all()
     assert graph.mnn_bridges(X, np.repeat("a", 200)).nnz == 0  # one batch: nothing to bridge
+    # the approximate search with a batch of fewer cells than neighbours asked for (searched exactly)
+    tiny = np.where(np.arange(200) < 195, "a", "b")
+    W = graph.mnn_bridges(X, tiny, k=10, method="pynndescent")
+    assert W.nnz > 0 and abs(W - W.T).max() < 1e-6
 
 
 def test_mixed_batches_are_left_alone(pbmc_small, tmp_path):
