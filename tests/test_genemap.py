@@ -76,10 +76,11 @@ def test_map_query_renames_a_mouse_named_query(_pbmc_full):
     human = _pbmc_full[~is_ref].copy()
     mouse = biossl.pp.map_genes(human, "human_to_mouse", copy=True)
     human = human[:, np.isin(human.var_names, mouse.var["biossl_source_gene"])].copy()  # the same genes
-    biossl.tl.map_query(human, reference, progress=False)
+    steps = {"fine_tune_steps": 50, "progress": False}  # the renaming is tested, not the fine-tuning
+    biossl.tl.map_query(human, reference, **steps)
     with pytest.raises(ValueError, match="genes are in the data"):  # mouse symbols alone match nothing
-        biossl.tl.map_query(mouse.copy(), reference, progress=False)
-    biossl.tl.map_query(mouse, reference, gene_map="mouse_to_human", progress=False)
+        biossl.tl.map_query(mouse.copy(), reference, **steps)
+    biossl.tl.map_query(mouse, reference, gene_map="mouse_to_human", **steps)
     np.testing.assert_array_equal(mouse.obs["biossl_label"].astype(str), human.obs["biossl_label"].astype(str))
     overlap = mouse.uns["biossl"]["gene_overlap"]
     assert overlap["n_matched"] == human.uns["biossl"]["gene_overlap"]["n_matched"]

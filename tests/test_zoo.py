@@ -77,7 +77,8 @@ def run_zoo_case(adata: AnnData, tmp: Path, *, batch_key: str | None = None) -> 
     args = ["fit-reference", ref_path, "--labels-key", "cell_type", "-o", tmp / "ref", "--max-steps", STEPS, *batch]
     ran["fit-reference"] = _check_outcome(*_run(runner, args), args)
     if ran["fit-reference"]:
-        args = ["annotate", query_path, "--reference", tmp / "ref", "-o", tmp / "mapped.h5ad", *batch]
+        args = ["annotate", query_path, "--reference", tmp / "ref", "-o", tmp / "mapped.h5ad", "--max-steps", STEPS]
+        args += batch
         ran["map"] = _check_outcome(*_run(runner, args), args)
     sets = _gene_sets(adata.var_names, tmp / "sets.gmt")
     args = ["genes", data, "--gene-sets", sets, "-o", tmp / "genes.tsv", "--max-steps", STEPS]
