@@ -180,13 +180,11 @@ def _stats_pass(
 
 def read_counts(reader: RowReader, what: str = "the backed X") -> sp.csr_matrix:
     """The reader's rows (its selected columns only) in memory as float32 CSR, checked to be raw counts."""
-    blocks = []
-    for _, _, block in reader.chunks():
-        problem = _count_problem(block.data.astype(np.float64))
-        if problem:
-            raise ValueError(f"{what} is not raw counts: {problem}. biossl needs raw integer counts.")
-        blocks.append(sp.csr_matrix(block, dtype=np.float32))
-    return sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix((0, reader.n_cols), dtype=np.float32)
+    X = reader.to_csr()
+    problem = _count_problem(X.data)
+    if problem:
+        raise ValueError(f"{what} is not raw counts: {problem}. biossl needs raw integer counts.")
+    return X
 
 
 def _count_problem(vals: np.ndarray) -> str | None:

@@ -11,9 +11,9 @@ from .._docs import doc_params
 from .._record import record
 from ._propagation import (
     CLASS_PRIORS,
-    UNKNOWN,
     annotation_predictor,
     call_labels,
+    check_no_unknown_class,
     connectivities,
     graph_representation,
     split_labels,
@@ -76,7 +76,7 @@ def annotate(
         drifts toward a degree-weighted global average; 0.9 was best across pbmc3k and baron_mouse
         (``benchmarks/fewlabel.py``).
     copy
-        Return a modified copy.
+        {copy}
 
     Returns
     -------
@@ -98,11 +98,7 @@ def annotate(
     if class_prior not in CLASS_PRIORS:
         raise ValueError(f"class_prior must be one of {CLASS_PRIORS}, got {class_prior!r}")
     codes, classes = split_labels(adata, labels_key, unlabeled_category)
-    if UNKNOWN in classes:
-        raise ValueError(
-            f"{UNKNOWN!r} is used as a real class in obs[{labels_key!r}] but biossl reserves it for cells it cannot "
-            f"call; pass unlabeled_category={UNKNOWN!r} if it marks unlabelled cells, or rename the class."
-        )
+    check_no_unknown_class(classes, labels_key)
     W = connectivities(adata, neighbors_key)
     if W.shape != (adata.n_obs, adata.n_obs):
         raise ValueError(f"the graph has shape {W.shape} but adata has {adata.n_obs} cells; rebuild it.")

@@ -166,12 +166,7 @@ def _train(adata: AnnData, mask, counts_key: str, batch, *, model: str, n_latent
     from ..model import EmbeddingModel, align_genes
 
     genes = [str(g) for g in adata.var_names[mask]]
-    if adata.isbacked and counts_key == "X":  # minibatches of rows read from disk
-        from .._backed import RowReader
-
-        counts = RowReader(adata.X, columns=np.flatnonzero(mask))
-    else:
-        counts, _, _ = align_genes(adata, genes, counts=counts_key)
+    counts, _, _ = align_genes(adata, genes, counts=counts_key)  # a backed X: a reader of rows from disk
     t_train = time.perf_counter()
     fitted = EmbeddingModel.fit(
         counts, genes, batch, model=model, n_latent=20 if n_latent is None else n_latent, **fit_options

@@ -394,8 +394,6 @@ def _expression_graph_input(X, present, batches, sample: dict | None, sample_cod
 
     The query's cells alone, or after the reference sample's cells (their labels as seeds).
     """
-    if hasattr(X, "to_csr"):  # a backed query: the rows are read from disk (RowReader)
-        X = X.to_csr()
     cols = np.flatnonzero(np.asarray(present) > 0)
     counts, batch = X[:, cols], np.asarray(batches).astype(str)
     if sample is None or not len(sample["index"]):

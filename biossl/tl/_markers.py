@@ -27,6 +27,7 @@ from ._propagation import (
     UNKNOWN,
     annotation_predictor,
     call_labels,
+    check_no_unknown_class,
     connectivities,
     graph_representation,
     label_codes,
@@ -325,7 +326,7 @@ def annotate_markers(
         :func:`biossl.tl.annotate` does); the marker seeds are picked for being clear-cut, so they are never
         used for calibration, and with markers alone the probabilities stay uncalibrated.
     copy
-        Return a modified copy.
+        {copy}
 
     Returns
     -------
@@ -459,11 +460,7 @@ def _user_labels(adata: AnnData, labels_key: str | None, unlabeled_category) -> 
     if labels_key is None:
         return np.full(adata.n_obs, -1, dtype=np.int64), []
     codes, classes = label_codes(adata, labels_key, unlabeled_category)
-    if UNKNOWN in classes:
-        raise ValueError(
-            f"{UNKNOWN!r} is used as a real class in obs[{labels_key!r}] but biossl reserves it for cells it cannot "
-            f"call; pass unlabeled_category={UNKNOWN!r} if it marks unlabelled cells, or rename the class."
-        )
+    check_no_unknown_class(classes, labels_key)
     if len(classes) and (codes >= 0).all():
         raise ValueError(f"every cell in adata.obs[{labels_key!r}] is labelled, so there is nothing to annotate.")
     return codes, classes

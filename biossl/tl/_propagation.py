@@ -83,6 +83,15 @@ def split_labels(adata: AnnData, labels_key: str, unlabeled_category: str | None
     return codes, classes
 
 
+def check_no_unknown_class(classes: list[str], labels_key: str) -> None:
+    """Raise ValueError when ``"Unknown"``, the call biossl reserves, is one of the label classes."""
+    if UNKNOWN in classes:
+        raise ValueError(
+            f"{UNKNOWN!r} is used as a real class in obs[{labels_key!r}] but biossl reserves it for cells it cannot "
+            f"call; pass unlabeled_category={UNKNOWN!r} if it marks unlabelled cells, or rename the class."
+        )
+
+
 def connectivities(adata: AnnData, neighbors_key: str | None) -> sp.csr_matrix:
     """The graph written by :func:`biossl.tl.neighbors` (or scanpy's, with ``neighbors_key=None``)."""
     key = "connectivities" if neighbors_key is None else f"{neighbors_key}_connectivities"
@@ -209,9 +218,13 @@ def call_labels(
         called_unknown |= (confidence < unknown_threshold) & ~labelled
     if unknown is not None:
         called_unknown |= unknown & ~labelled
+    return label_categorical(classes, pred_codes, called_unknown), confidence, proba, called_unknown
+
+
+def label_categorical(classes, pred_codes: np.ndarray, unknown: np.ndarray) -> pd.Categorical:
+    """The label column: class names of ``pred_codes`` (-1: none), ``"Unknown"`` where ``unknown`` or no class."""
     names = np.array([*classes, UNKNOWN], dtype=object)
-    labels = pd.Categorical(names[np.where(called_unknown, len(classes), pred_codes)], categories=[*classes, UNKNOWN])
-    return labels, confidence, proba, called_unknown
+    return pd.Categorical(names[np.where(unknown, len(classes), pred_codes)], categories=[*classes, UNKNOWN])
 
 
 def write_labels(

@@ -12,7 +12,6 @@ import os
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 from anndata import AnnData
 
 from .. import graph
@@ -36,7 +35,15 @@ from ._mapping import (
     refine_on_query,
     two_scale_share,
 )
-from ._propagation import UNKNOWN, label_codes, normalise_rows, propagate_labels, self_train
+from ._propagation import (
+    UNKNOWN,
+    label_categorical,
+    label_codes,
+    normalise_rows,
+    propagate_labels,
+    self_train,
+    write_labels,
+)
 from ._reference import Reference, expression_sample
 
 if TYPE_CHECKING:
@@ -374,13 +381,10 @@ class _QueryMapping:
     def write(self, adata: AnnData, key_added: str) -> None:
         """Write the latent, labels, confidence, probabilities, mapping score and the record into ``adata``."""
         classes = self.reference.classes
-        names = np.array([*classes, UNKNOWN], dtype=object)
-        labels = pd.Categorical(names[np.where(self.unknown, len(classes), self.pred)], categories=[*classes, UNKNOWN])
+        labels = label_categorical(classes, self.pred, self.unknown)
         adata.obsm["X_biossl"] = self.latent
-        adata.obs[f"{key_added}_label"] = pd.Series(labels, index=adata.obs_names)
-        adata.obs[f"{key_added}_confidence"] = self.confidence.astype(np.float32)
+        write_labels(adata, key_added, labels, self.confidence, self.proba)
         adata.obs[f"{key_added}_mapping_score"] = self.mapping_score.astype(np.float32)
-        adata.obsm[f"{key_added}_proba"] = self.proba.astype(np.float32)
         record(adata, "gene_overlap", self.overlap)
         n_unknown, sample = int(self.unknown.sum()), self.reference.sample
         record(

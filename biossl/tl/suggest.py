@@ -183,7 +183,7 @@ def suggest_labels(
         estimated class priors (``class_prior="estimate"``), the unbalanced picks did better in
         ``benchmarks/active.py`` (figures in ``benchmarks/results/active.md``).
     copy
-        Return a modified copy.
+        {copy}
 
     Returns
     -------
