@@ -41,7 +41,7 @@ def _annotate_isotonic(adata, key: str) -> None:
     rep = graph_representation(adata, "biossl")
     predict = annotation_predictor(W, len(classes), alpha=0.9, rep=rep, class_prior="estimate")  # as tl.annotate
     proba, _ = calibrate_annotation(
-        predict, codes, np.asarray(adata.obsm["biossl_proba"], dtype=np.float64), method="isotonic"
+        predict.fold, codes, np.asarray(adata.obsm["biossl_proba"], dtype=np.float64), method="isotonic"
     )
     adata.obs["biossl_confidence"] = proba.max(1)
 

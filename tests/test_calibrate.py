@@ -98,6 +98,27 @@ def test_self_training_warm_start_lands_where_a_cold_fit_does(pbmc_graph):
     np.testing.assert_array_equal(self_train(rep, fold, proba, init={**init, "classes": init["classes"][:-1]}), cold)
 
 
+def test_calibration_folds_in_single_precision_fit_the_double_precision_temperature(pbmc_graph):
+    """``AnnotationPredictor.fold`` solves in float32: the folds' probabilities and the temperature stay put."""
+    from biossl.tl._propagation import annotation_predictor, connectivities, label_codes
+    from biossl.tl.calibrate import calibrate_annotation, crossval_proba
+
+    _label(pbmc_graph, 5)
+    codes, classes = label_codes(pbmc_graph, "labels", None)
+    W, rep = connectivities(pbmc_graph, "biossl"), pbmc_graph.obsm["X_biossl"]
+    predictor = annotation_predictor(W, len(classes), alpha=0.9, rep=rep, class_prior="estimate")
+    proba = predictor(codes)
+    held, double = crossval_proba(predictor, codes)
+    held32, single = crossval_proba(predictor.fold, codes)
+    assert next(iter(predictor._operators)) is np.float32  # one operator held, cast down
+    np.testing.assert_array_equal(held, held32)
+    np.testing.assert_allclose(single, double, atol=1e-3)
+    t64 = calibrate_annotation(predictor, codes, proba)[1]["temperature"]
+    t32 = calibrate_annotation(predictor.fold, codes, proba)[1]["temperature"]
+    assert abs(t32 - t64) < 0.01 * t64, (t32, t64)
+    np.testing.assert_array_equal(predictor(codes), proba)  # back to float64: rebuilt from the graph, not cast up
+
+
 def test_one_label_per_type_leaves_confidence_uncalibrated(pbmc_graph):
     _label(pbmc_graph, 1)
     raw = biossl.tl.annotate(pbmc_graph, "labels", calibrate=False, copy=True)

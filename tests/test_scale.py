@@ -167,3 +167,17 @@ def test_backed_bad_inputs_are_one_line_errors(sim_file, tmp_path):
     assert "biossl_hvg" not in bad.var and "biossl" not in bad.uns
     bad.file.close()
     assert h5py.File(tmp_path / "lognorm.h5ad").id.get_filesize() == before
+
+
+def test_approximate_neighbours_with_few_trees_match_exact_search():
+    """Above 50,000 cells the graph uses pynndescent with ``PYNNDESCENT_TREES`` trees: nearly the exact neighbours."""
+    from biossl import graph
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(scale=3.0, size=(12, 20))
+    X = (centres[rng.integers(0, 12, 8_000)] + rng.normal(size=(8_000, 20))).astype(np.float32)
+    approx, _ = graph.knn(X, 15, method="pynndescent")
+    exact, _ = graph.knn(X, 15, method="exact")
+    recall = np.mean([len(set(a) & set(e)) / 15 for a, e in zip(approx, exact, strict=True)])
+    assert recall > 0.95, recall
+    assert not (approx == np.arange(len(X))[:, None]).any()  # no cell is its own neighbour

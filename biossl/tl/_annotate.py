@@ -109,7 +109,7 @@ def annotate(
     if calibrate:  # calibrated confidence (biossl/tl/calibrate.py); the argmax, hence the labels, do not change
         from .calibrate import calibrate_annotation
 
-        proba, calibration = calibrate_annotation(predictor, codes, proba)
+        proba, calibration = calibrate_annotation(predictor.fold, codes, proba)
     labels, confidence, proba, unknown = call_labels(proba, codes, classes, unknown_threshold=unknown_threshold)
     labelled = codes >= 0
 
