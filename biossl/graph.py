@@ -9,6 +9,7 @@ reach distant cells).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -100,12 +101,30 @@ def _kernel_widths(dist: np.ndarray) -> np.ndarray:
     return np.where(positive, sigma, typical)
 
 
-def spreading_operator(W: sp.spmatrix, alpha: float) -> sp.csr_matrix:
+# Above this many cells the operator's rows and columns are put in reverse Cuthill-McKee order, which keeps each
+# cell's neighbours close in memory: at 10^6 cells (scale simulation) one product with the operator took 0.108 s in
+# the kNN order and 0.038 s reordered (float32: 0.089 -> 0.025 s); the reordering costs ~2 s once per operator
+REORDER_MIN_CELLS = 100_000
+
+
+@dataclass(frozen=True)
+class SpreadingOperator:
+    """``A = I - alpha S`` as :func:`propagate` uses it: the matrix, and the cell order of its rows (None: as given)."""
+
+    matrix: sp.csr_matrix
+    order: np.ndarray | None = None
+
+    def astype(self, dtype) -> SpreadingOperator:
+        """The same operator in another precision (:func:`propagate` solves in it; float32 halves the memory read)."""
+        return SpreadingOperator(self.matrix.astype(dtype, copy=False), self.order)
+
+
+def spreading_operator(W: sp.spmatrix, alpha: float) -> SpreadingOperator:
     """``A = I - alpha S`` with ``S = D^-1/2 W D^-1/2``, the matrix :func:`propagate` solves with.
 
     Build it once when the same graph spreads several label sets (an annotation and its calibration folds).
-    :func:`propagate` solves in the operator's precision: ``A.astype(np.float32)`` halves the memory a solve
-    reads (the calibration folds of ``tl.annotate``).
+    Graphs above ``REORDER_MIN_CELLS`` cells are stored in reverse Cuthill-McKee order (the solution is the same,
+    the products with the matrix read memory in order); :func:`propagate` maps seeds and results back.
     """
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
@@ -114,7 +133,15 @@ def spreading_operator(W: sp.spmatrix, alpha: float) -> sp.csr_matrix:
     inv_sqrt = np.zeros_like(d)
     inv_sqrt[d > 0] = 1.0 / np.sqrt(d[d > 0])
     S = sp.diags(inv_sqrt) @ W @ sp.diags(inv_sqrt)
-    return (sp.identity(W.shape[0], format="csr") - alpha * S).tocsr()
+    A = (sp.identity(W.shape[0], format="csr") - alpha * S).tocsr()
+    if A.shape[0] <= REORDER_MIN_CELLS:
+        return SpreadingOperator(A)
+    from scipy.sparse.csgraph import reverse_cuthill_mckee
+
+    order = reverse_cuthill_mckee(A, symmetric_mode=True).astype(np.int64)
+    A = A[order][:, order].tocsr()
+    A.sort_indices()
+    return SpreadingOperator(A, order)
 
 
 def propagate(
@@ -124,7 +151,7 @@ def propagate(
     alpha: float = 0.9,
     tol: float = 1e-6,
     max_iter: int = 1000,
-    operator: sp.csr_matrix | None = None,
+    operator: SpreadingOperator | None = None,
 ) -> np.ndarray:
     """Spread label columns ``Y`` (cells × classes) over affinity ``W``: solve ``(I - alpha S) F = Y``.
 
@@ -132,7 +159,8 @@ def propagate(
     ``alpha`` are then not read); the solves run in its precision (float64, or float32 when it was cast).
     Returns ``F`` (cells × classes, float64, non-negative). Rows of cells with no path to any seed are zero.
     """
-    A = spreading_operator(W, alpha) if operator is None else operator
+    operator = spreading_operator(W, alpha) if operator is None else operator
+    A, order = operator.matrix, operator.order
     F = np.zeros(Y.shape, dtype=np.float64)
     from ._progress import progress_bar  # one step per class; only large graphs take seconds per class
 
@@ -140,12 +168,16 @@ def propagate(
     # 30% faster up to 10^5 cells but 1.7x slower at 3*10^5, where the neighbour gathers miss the cache
     bar = progress_bar(Y.shape[1], "propagation") if A.shape[0] > EXACT_MAX_CELLS else None
     for c in range(Y.shape[1]):
-        b = Y[:, c].astype(A.dtype)
+        b = Y[:, c] if order is None else Y[order, c]
+        b = b.astype(A.dtype)
         if b.any():
             f, info = cg(A, b, rtol=tol, atol=0.0, maxiter=max_iter)
             if info > 0:
                 logger.warning("propagation for class %d stopped after %d iterations before converging", c, info)
-            F[:, c] = f
+            if order is None:
+                F[:, c] = f
+            else:
+                F[order, c] = f
         if bar is not None:
             bar.update(1)
     if bar is not None:

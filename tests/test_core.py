@@ -351,6 +351,33 @@ def test_prebuilt_spreading_operator_gives_the_same_propagation(pbmc_embedded):
     assert (direct[codes >= 0].argmax(1) == codes[codes >= 0]).mean() > 0.9
 
 
+def test_large_graphs_solve_in_a_cache_friendly_order_with_the_same_result(pbmc_embedded, monkeypatch):
+    """Above ``REORDER_MIN_CELLS`` the operator is stored in reverse Cuthill-McKee order; results come back in ours."""
+    from biossl import graph
+    from biossl.tl._propagation import class_balanced_seeds, split_labels
+
+    codes, classes = split_labels(pbmc_embedded, "labels", "Unknown")
+    W = pbmc_embedded.obsp["biossl_connectivities"]
+    Y = class_balanced_seeds(codes, len(classes))
+    plain = graph.spreading_operator(W, 0.9)
+    monkeypatch.setattr(graph, "REORDER_MIN_CELLS", 100)
+    reordered = graph.spreading_operator(W, 0.9)
+    n = W.shape[0]
+    assert plain.order is None and np.array_equal(np.sort(reordered.order), np.arange(n))
+    assert not np.array_equal(reordered.order, np.arange(n))
+
+    def bandwidth(A):
+        coo = A.tocoo()
+        return np.abs(coo.row - coo.col).max()
+
+    assert bandwidth(reordered.matrix) < bandwidth(plain.matrix) / 2
+    expected = graph.propagate(None, Y, operator=plain)
+    for operator, atol in ((reordered, 1e-9), (reordered.astype(np.float32), 1e-5)):
+        got = graph.propagate(None, Y, operator=operator)
+        np.testing.assert_allclose(got, expected, atol=atol * np.abs(expected).max())
+        assert (got.argmax(1) == expected.argmax(1)).mean() > 0.999
+
+
 def test_calibration_folds_keep_the_labels_of_a_fresh_annotation(pbmc_embedded):
     # the calibration folds rerun the same predictor (one spreading operator for all of them); the temperature
     # changes confidences, never the argmax, so the labels match an uncalibrated run exactly

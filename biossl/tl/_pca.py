@@ -17,6 +17,10 @@ logger = logging.getLogger("biossl")
 
 BATCH_CORRECTIONS = ("auto", "none", "scale")
 MIXING_MAX_CELLS = 20_000  # the diagnostic's kNN graph is built on at most this many cells (a seeded sample)
+# Above this many cells the components are fitted on a seeded sample of them and every cell is projected (in row
+# chunks): the fit's memory and time stop growing with the data, which a 10^6-cell file needs (README, "Large data")
+PCA_FIT_MAX_CELLS = 100_000
+PCA_FIT_MIN_BATCH_CELLS = 1_000  # every batch keeps at least this many cells in the sample (all of a smaller one)
 
 
 def pca_latent(
@@ -38,18 +42,21 @@ def pca_latent(
     """
     L = log_normalise(counts, copy=copy)
     single = batch is None or len(np.unique(batch)) < 2
+    batch = None if batch is None else np.asarray(batch).astype(str)
+    fit = fit_sample(L.shape[0], batch, seed)
+    if fit is not None:
+        logger.info("PCA: components fitted on a sample of %d of %d cells; every cell projected", len(fit), L.shape[0])
     if single or batch_correction == "none":
-        return _pooled_pca(L, n_comps, seed), ({} if single else {"batch_correction": "none"})
-    batch = np.asarray(batch).astype(str)
+        return _pooled_pca(L, n_comps, seed, fit), ({} if single else {"batch_correction": "none"})
     info: dict = {}
     if batch_correction == "auto":
-        latent = _pooled_pca(L, n_comps, seed)
+        latent = _pooled_pca(L, n_comps, seed, fit)
         info["batch_mixing"] = {"pooled": _mixing(latent, batch, seed)}
         pooled = info["batch_mixing"]["pooled"]["score"]
         if pooled >= graph.MIXING_MIN:
             logger.info("PCA: batches mix in the pooled PCA (mixing score %.2f); no correction", pooled)
             return latent, {**info, "batch_correction": "none"}
-    latent = _pca_scaled_per_batch(L, batch, n_comps)
+    latent = _pca_scaled_per_batch(L, batch, n_comps, fit)
     info["batch_mixing"] = {**info.get("batch_mixing", {}), "scaled": _mixing(latent, batch, seed)}
     if batch_correction == "auto":
         logger.warning(
@@ -60,6 +67,26 @@ def pca_latent(
             info["batch_mixing"]["scaled"]["score"],
         )
     return latent, {**info, "batch_correction": "scale"}
+
+
+def fit_sample(n: int, batch: np.ndarray | None, seed: int) -> np.ndarray | None:
+    """Sorted rows the PCA is fitted on: None (all) up to ``PCA_FIT_MAX_CELLS`` cells, else a seeded sample.
+
+    The sample keeps each batch's share of the cells, with at least ``PCA_FIT_MIN_BATCH_CELLS`` of each batch (all
+    of a smaller one), so the per-batch means and variances of the scaled PCA are estimated for every batch.
+    """
+    if n <= PCA_FIT_MAX_CELLS:
+        return None
+    rng = np.random.default_rng(seed)
+    if batch is None:
+        return np.sort(rng.choice(n, PCA_FIT_MAX_CELLS, replace=False))
+    codes = np.unique(batch, return_inverse=True)[1]
+    picked = []
+    for b in range(codes.max() + 1):
+        rows = np.flatnonzero(codes == b)
+        take = min(len(rows), max(round(PCA_FIT_MAX_CELLS * len(rows) / n), PCA_FIT_MIN_BATCH_CELLS))
+        picked.append(rng.choice(rows, take, replace=False))
+    return np.sort(np.concatenate(picked))
 
 
 def _mixing(latent: np.ndarray, batch: np.ndarray, seed: int, n_neighbors: int = 15) -> dict:
@@ -110,72 +137,96 @@ def log_normalise(counts, target_sum: float = 1e4, *, copy: bool = True) -> sp.c
     return X
 
 
-def _pooled_pca(L: sp.csr_matrix, n_comps: int, seed: int) -> np.ndarray:
+def _pooled_pca(L: sp.csr_matrix, n_comps: int, seed: int, fit: np.ndarray | None = None) -> np.ndarray:
     """PCA of log-normalised ``L`` with unit-variance genes (scanpy's ARPACK PCA).
 
     The matrix stays sparse: genes are scaled without centring (values clipped where the centred value
     would exceed 10, as ``sc.pp.scale(max_value=10)`` does) and PCA centres implicitly, so memory stays
-    O(nnz) (``sc.pp.scale`` would densify it). The scaled values share ``L``'s index arrays.
+    O(nnz) (``sc.pp.scale`` would densify it). The scaled values share ``L``'s index arrays. With ``fit`` (rows,
+    see :func:`fit_sample`) the gene scaling and the components come from those rows and every row is
+    projected onto them, a chunk of rows at a time.
     """
     import scanpy as sc
     from anndata import AnnData
 
-    mean = np.asarray(L.mean(0)).ravel()
-    squares = sp.csr_matrix((L.data * L.data, L.indices, L.indptr), shape=L.shape)
+    F = L if fit is None else L[fit]
+    mean = np.asarray(F.mean(0)).ravel()
+    squares = sp.csr_matrix((F.data * F.data, F.indices, F.indptr), shape=F.shape)
     var = np.asarray(squares.mean(0)).ravel() - mean**2
     del squares
     std = np.sqrt(np.maximum(var, 1e-12))
     inverse, clip = 1.0 / std, 10.0 + mean / std
-    data = np.empty_like(L.data)
-    for _, _, e0, e1 in _row_chunks(L.indptr):
-        genes = L.indices[e0:e1]
-        data[e0:e1] = np.minimum(L.data[e0:e1].astype(np.float64) * inverse[genes], clip[genes])
-    tmp = AnnData(X=sp.csr_matrix((data, L.indices, L.indptr), shape=L.shape))
+
+    def scaled(M: sp.csr_matrix) -> sp.csr_matrix:
+        data = np.empty_like(M.data)
+        for _, _, e0, e1 in _row_chunks(M.indptr):
+            genes = M.indices[e0:e1]
+            data[e0:e1] = np.minimum(M.data[e0:e1].astype(np.float64) * inverse[genes], clip[genes])
+        return sp.csr_matrix((data, M.indices, M.indptr), shape=M.shape)
+
+    tmp = AnnData(X=scaled(F))
     n_comps = int(min(n_comps, tmp.n_obs - 1, tmp.n_vars - 1))
     sc.tl.pca(tmp, n_comps=n_comps, random_state=seed)
-    return np.asarray(tmp.obsm["X_pca"], dtype=np.float32)
+    if fit is None:
+        return np.asarray(tmp.obsm["X_pca"], dtype=np.float32)
+    components = np.asarray(tmp.varm["PCs"], dtype=np.float64)  # genes x components; scores = (X - mean) @ PCs
+    centre = np.asarray(tmp.X.mean(0), dtype=np.float64).ravel() @ components
+    del tmp
+    latent = np.empty((L.shape[0], n_comps), dtype=np.float32)
+    for r0, r1, _, _ in _row_chunks(L.indptr):
+        latent[r0:r1] = scaled(L[r0:r1]) @ components - centre
+    return latent
 
 
-def _pca_scaled_per_batch(X, batch: np.ndarray, n_comps: int) -> np.ndarray:
+def _pca_scaled_per_batch(X, batch: np.ndarray, n_comps: int, fit: np.ndarray | None = None) -> np.ndarray:
     """PCA of log-normalised ``X`` (sparse) after scaling each gene within each batch to zero mean, unit variance.
 
     Genes not detected in every batch (a gene panel or annotation that differs) are left out. The centred
     matrix is never formed: the gene × gene covariance is summed batch by batch from ``X_b^T X_b`` and the
     batch means, and the scores are ``X_b (s_b V) - m_b^T (s_b V)``, so memory stays O(nnz + genes^2).
     Values are clipped at 10 standard deviations above the batch mean, as ``sc.pp.scale(max_value=10)`` does.
+    With ``fit`` (rows, see :func:`fit_sample`) the detection, the batch statistics and the covariance come from
+    those rows and every row is projected.
     """
     X = sp.csr_matrix(X)
     names, codes = np.unique(batch, return_inverse=True)
     rows = [np.flatnonzero(codes == b) for b in range(len(names))]
-    detected = np.vstack([_detected(X[r]) for r in rows])
+    fit_rows = rows if fit is None else [np.intersect1d(r, fit, assume_unique=True) for r in rows]
+    detected = np.vstack([_detected(X[r]) for r in fit_rows])
     keep = (detected > 0).all(0) & (detected.min(0) >= 1e-3)
     if keep.sum() < 2 * n_comps:  # too few shared genes to drop the rest: keep every gene expressed somewhere
         keep = (detected > 0).any(0)
     cols = np.flatnonzero(keep)
     n_genes = len(cols)
 
-    def block(r: np.ndarray):  # one batch at a time, in float64, clipped (built twice rather than kept)
+    def block(r: np.ndarray, cap: np.ndarray) -> sp.csr_matrix:  # in float64, clipped (built twice rather than kept)
+        Xb = sp.csr_matrix(X[r][:, cols], dtype=np.float64)
+        Xb.data = np.minimum(Xb.data, cap[Xb.indices])
+        return Xb
+
+    cov = np.zeros((n_genes, n_genes))
+    stats = []
+    for r in fit_rows:
         Xb = sp.csr_matrix(X[r][:, cols], dtype=np.float64)
         m = np.asarray(Xb.mean(0)).ravel()
         sd = np.sqrt(np.maximum(np.asarray(Xb.multiply(Xb).mean(0)).ravel() - m**2, 0.0))
         Xb.data = np.minimum(Xb.data, (m + 10.0 * sd)[Xb.indices])
-        return Xb, m, np.where(sd > 1e-8, 1.0 / np.maximum(sd, 1e-8), 0.0)
-
-    cov = np.zeros((n_genes, n_genes))
-    for r in rows:
-        Xb, m, s = block(r)
+        s = np.where(sd > 1e-8, 1.0 / np.maximum(sd, 1e-8), 0.0)
         gram = (Xb.T @ Xb).toarray() - len(r) * np.outer(m, m)
         cov += gram * np.outer(s, s)
+        stats.append((m, s, m + 10.0 * sd))
         del Xb, gram
     n_comps = int(min(n_comps, X.shape[0] - 1, n_genes - 1))
     evecs = np.linalg.eigh(cov)[1]
     V = evecs[:, ::-1][:, :n_comps]
     V *= np.sign(V[np.abs(V).argmax(0), np.arange(n_comps)])  # one sign per component, for reproducible output
     latent = np.zeros((X.shape[0], n_comps))
-    for r in rows:
-        Xb, m, s = block(r)
+    for r, (m, s, cap) in zip(rows, stats, strict=True):
         sV = s[:, None] * V
-        latent[r] = Xb @ sV - m @ sV
+        # with a sample, a large batch is projected a sample's worth of rows at a time
+        parts = [r] if fit is None else np.array_split(r, -(-len(r) // PCA_FIT_MAX_CELLS))
+        for part in parts:
+            latent[part] = block(part, cap) @ sV - m @ sV
     return latent.astype(np.float32)
 
 

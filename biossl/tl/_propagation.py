@@ -160,7 +160,7 @@ class AnnotationPredictor:
             double = self._operators.get(np.float64)
             if double is None:  # never cast float32 back up: rebuild
                 double = graph.spreading_operator(self.W, self.alpha)
-            self._operators = {dtype: double.astype(dtype, copy=False)}
+            self._operators = {dtype: double.astype(dtype)}
         operator = self._operators[dtype]
         proba = propagate_labels(
             self.W, codes, self.n_classes, alpha=self.alpha, class_prior=self.class_prior, operator=operator
@@ -177,7 +177,7 @@ def propagate_labels(
     *,
     alpha: float = 0.9,
     class_prior: str = "uniform",
-    operator: sp.csr_matrix | None = None,
+    operator: graph.SpreadingOperator | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Class probabilities, confidence and predicted code (-1 = unreachable) for every cell.
 
