@@ -130,8 +130,27 @@ class RowReader:
             yield start, stop, self._rows_range(start, stop)
 
     def to_csr(self, chunk_size: int = CHUNK_ROWS) -> sp.csr_matrix:
-        """All rows in memory (O(nnz) of the selected columns)."""
-        return sp.vstack([block for _, _, block in self.chunks(chunk_size)], format="csr")
+        """All rows in memory (O(nnz) of the selected columns), float32.
+
+        The blocks are copied into the result one by one and dropped as they go, so the blocks and the result
+        are not held together (``sp.vstack`` held both: twice the matrix, 3.8 GB for the 10^6-cell simulation).
+        """
+        blocks = [block for _, _, block in self.chunks(chunk_size)]
+        nnz = sum(block.nnz for block in blocks)
+        data = np.empty(nnz, dtype=np.float32)  # pages are committed as they are written
+        indices = np.empty(nnz, dtype=np.int32 if self.n_cols < 2**31 else np.int64)
+        indptr = np.zeros(self.n_rows + 1, dtype=np.int64)
+        row = pos = 0
+        blocks.reverse()
+        while blocks:
+            block = blocks.pop()
+            n, k = block.shape[0], block.nnz
+            data[pos : pos + k] = block.data
+            indices[pos : pos + k] = block.indices
+            indptr[row + 1 : row + n + 1] = block.indptr[1:] + pos
+            row, pos = row + n, pos + k
+            del block
+        return sp.csr_matrix((data, indices, indptr), shape=(self.n_rows, self.n_cols))
 
 
 def _stats_pass(

@@ -8,6 +8,7 @@ reach distant cells).
 
 from __future__ import annotations
 
+import gc
 import logging
 from dataclasses import dataclass
 
@@ -51,6 +52,8 @@ def knn(X: np.ndarray, n_neighbors: int, *, method: KnnMethod = "auto", seed: in
             X, n_neighbors=n_neighbors + 1, n_trees=PYNNDESCENT_TREES, random_state=seed, n_jobs=1, low_memory=True
         )
         idx, dist = index.neighbor_graph
+        del index
+        gc.collect()  # the index holds reference cycles: 0.38 GB at 10^6 cells stayed until the next collection
     else:
         raise ValueError(f"method must be 'auto', 'exact' or 'pynndescent', got {method!r}")
     # drop each cell itself (it may not come first when there are duplicate points)
@@ -133,13 +136,20 @@ def spreading_operator(W: sp.spmatrix, alpha: float) -> SpreadingOperator:
     inv_sqrt = np.zeros_like(d)
     inv_sqrt[d > 0] = 1.0 / np.sqrt(d[d > 0])
     S = sp.diags(inv_sqrt) @ W @ sp.diags(inv_sqrt)
-    A = (sp.identity(W.shape[0], format="csr") - alpha * S).tocsr()
+    del W  # the copies are dropped as soon as they are used (10^6 cells: ~0.35 GB each)
+    A = sp.identity(S.shape[0], format="csr") - alpha * S
+    del S
+    A = A.tocsr()
     if A.shape[0] <= REORDER_MIN_CELLS:
         return SpreadingOperator(A)
     from scipy.sparse.csgraph import reverse_cuthill_mckee
 
     order = reverse_cuthill_mckee(A, symmetric_mode=True).astype(np.int64)
-    A = A[order][:, order].tocsr()
+    A = A[order]  # rows in the new order (one copy), then the columns renamed in place: A[order][:, order]
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    A.indices = rank[A.indices].astype(A.indices.dtype)
+    A.has_sorted_indices = False
     A.sort_indices()
     return SpreadingOperator(A, order)
 

@@ -84,3 +84,18 @@ def test_backed_map_of_values_that_are_not_counts_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="backed X is not raw counts: it holds non-integer values"):
         biossl.tl.map_query(backed, reference, progress=False)
     assert "biossl_label" not in backed.obs and "biossl" not in backed.uns
+
+
+def test_backed_fit_reference_saves_what_the_in_memory_run_saves(few_labels, tmp_path):
+    before = hashlib.sha256(few_labels.read_bytes()).hexdigest()
+    common = ["--labels-key", "few", "--max-steps", "100"]
+    assert _run("fit-reference", few_labels, "-o", tmp_path / "memory", *common).exit_code == 0
+    result = _run("fit-reference", few_labels, "-o", tmp_path / "backed", *common, "--backed")
+    assert result.exit_code == 0, result.output
+    with np.load(tmp_path / "memory" / "reference.npz") as a, np.load(tmp_path / "backed" / "reference.npz") as b:
+        assert sorted(a.files) == sorted(b.files) and "latent" in a.files
+        for name in a.files:
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert hashlib.sha256(few_labels.read_bytes()).hexdigest() == before, "the input changed"
+    result = _run("fit-reference", few_labels, "-o", tmp_path / "x", *common, "--backed", "--layer", "counts")
+    assert result.exit_code == 2 and "--backed cannot be combined with --layer" in result.output

@@ -80,6 +80,9 @@ def test_row_reader_matches_in_memory_rows(sim_file, tmp_path):
         np.testing.assert_array_equal(reader[idx].toarray(), expected_cols[idx])
         np.testing.assert_array_equal(RowReader(backed.X)[idx].toarray(), mem[idx].toarray())
     assert sum(block.shape[0] for _, _, block in reader.chunks(333)) == 1500
+    whole = reader.to_csr(chunk_size=333)  # blocks copied into one matrix (the last one shorter)
+    assert whole.dtype == np.float32 and whole.shape == (1500, len(cols))
+    np.testing.assert_array_equal(whole.toarray(), expected_cols)
     backed.file.close()
     # a dense X on disk is read the same way
     dense = ad.read_h5ad(sim_file)

@@ -51,14 +51,16 @@ def device_option(help: str = "Where to train the model."):
     return click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help=help)
 
 
-def backed_option(func: Callable) -> Callable:
-    """``--backed``: read the input from disk in chunks (files larger than memory)."""
-    return click.option(
-        "--backed",
-        is_flag=True,
-        help="Read IN.h5ad from disk in chunks instead of loading it (files larger than memory); OUT gets IN's X "
-        "copied in chunks.",
-    )(func)
+def backed_option(func: Callable | None = None, *, writes_h5ad: bool = True) -> Callable:
+    """``--backed``: read the input from disk in chunks (files larger than memory).
+
+    ``@backed_option`` on commands that write an h5ad (its X is copied in chunks), ``@backed_option(writes_h5ad=False)``
+    on the others.
+    """
+    text = "Read IN.h5ad from disk in chunks instead of loading it (files larger than memory)"
+    text += "; OUT gets IN's X copied in chunks." if writes_h5ad else "."
+    decorate = click.option("--backed", is_flag=True, help=text)
+    return decorate if func is None else decorate(func)
 
 
 def check_backed(backed: bool, layer: str | None) -> None:

@@ -17,6 +17,7 @@ from ._options import (
     Device,
     backed_option,
     batch_key_option,
+    check_backed,
     check_h5ad_name,
     check_threshold,
     device_option,
@@ -153,24 +154,26 @@ def map_query_cmd(
 @device_option("Where to train the model (auto: a CUDA GPU when there is one).")
 @layer_option
 @threads_option
+@backed_option(writes_h5ad=False)
 @common_options
 def fit_reference(
     input_path: str, output: str, force: bool, labels_key: str, unlabeled_category: str, batch_key: str | None,
     gene_key: str | None, n_latent: int, max_steps: int, seed: int, device: Device, layer: str | None,
-    threads: int | None,
+    threads: int | None, backed: bool,
 ) -> None:  # fmt: skip
     """Train a reference on labelled IN.h5ad and save it to a directory (model.pt, reference.npz, config.json).
 
     Map new data onto it: `biossl map QUERY.h5ad --reference REFDIR -o OUT.h5ad`.
     """
     start = time.perf_counter()
+    check_backed(backed, layer)
     check_io(input_path, {"output": output}, force=force)
     with cli_threads(threads):
         import biossl
 
         from ..tl._propagation import label_codes
 
-        adata = read_input(input_path)
+        adata = read_input(input_path, backed=backed)
         counts_from_raw(adata, layer)
         use_layer(adata, layer)
         n_labelled = int((label_codes(adata, labels_key, unlabeled_category)[0] >= 0).sum())

@@ -21,6 +21,7 @@ MIXING_MAX_CELLS = 20_000  # the diagnostic's kNN graph is built on at most this
 # chunks): the fit's memory and time stop growing with the data, which a 10^6-cell file needs (README, "Large data")
 PCA_FIT_MAX_CELLS = 100_000
 PCA_FIT_MIN_BATCH_CELLS = 1_000  # every batch keeps at least this many cells in the sample (all of a smaller one)
+PROJECT_ROWS = 20_000  # rows projected at a time onto components fitted on a sample
 
 
 def pca_latent(
@@ -220,14 +221,14 @@ def _pca_scaled_per_batch(X, batch: np.ndarray, n_comps: int, fit: np.ndarray | 
     evecs = np.linalg.eigh(cov)[1]
     V = evecs[:, ::-1][:, :n_comps]
     V *= np.sign(V[np.abs(V).argmax(0), np.arange(n_comps)])  # one sign per component, for reproducible output
-    latent = np.zeros((X.shape[0], n_comps))
+    latent = np.zeros((X.shape[0], n_comps), dtype=np.float32)  # each row rounded once, as astype would
     for r, (m, s, cap) in zip(rows, stats, strict=True):
         sV = s[:, None] * V
-        # with a sample, a large batch is projected a sample's worth of rows at a time
-        parts = [r] if fit is None else np.array_split(r, -(-len(r) // PCA_FIT_MAX_CELLS))
+        # with a sample, a large batch is projected PROJECT_ROWS rows at a time (its float64 copy is never whole)
+        parts = [r] if fit is None else np.array_split(r, -(-len(r) // PROJECT_ROWS))
         for part in parts:
             latent[part] = block(part, cap) @ sV - m @ sV
-    return latent.astype(np.float32)
+    return latent
 
 
 def _detected(Xb: sp.csr_matrix) -> np.ndarray:
