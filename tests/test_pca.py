@@ -49,10 +49,12 @@ def test_components_fitted_on_all_rows_project_to_the_fitted_scores():
 
 def test_large_data_fit_pca_on_a_sample_that_keeps_every_batch(monkeypatch):
     """Above ``PCA_FIT_MAX_CELLS`` the PCA is fitted on a seeded sample: cells of a type still find their own kind."""
+    assert _pca.fit_sample(_pca.PCA_FIT_MAX_CELLS, None, seed=0) is None
     adata = biossl.datasets.pbmc()
     truth = adata.obs["cell_type"].astype(str).to_numpy()
     batch = np.where(np.arange(adata.n_obs) < 150, "small", "large")
-    monkeypatch.setattr(_pca, "PCA_FIT_MAX_CELLS", 800)
+    monkeypatch.setattr(_pca, "PCA_FIT_MAX_CELLS", 2000)
+    monkeypatch.setattr(_pca, "PCA_FIT_CELLS", 800)
     monkeypatch.setattr(_pca, "PCA_FIT_MIN_BATCH_CELLS", 100)
     fit = _pca.fit_sample(adata.n_obs, batch, seed=0)
     assert np.array_equal(fit, np.unique(fit)) and np.array_equal(fit, _pca.fit_sample(adata.n_obs, batch, seed=0))
