@@ -46,11 +46,7 @@ def knn(X: np.ndarray, n_neighbors: int, *, method: KnnMethod = "auto", seed: in
 
         dist, idx = NearestNeighbors(n_neighbors=n_neighbors + 1).fit(X).kneighbors(X)
     elif method == "pynndescent":
-        from pynndescent import NNDescent
-
-        index = NNDescent(
-            X, n_neighbors=n_neighbors + 1, n_trees=PYNNDESCENT_TREES, random_state=seed, n_jobs=1, low_memory=True
-        )
+        index = _nndescent(X, n_neighbors + 1, seed)
         idx, dist = index.neighbor_graph
         del index
         gc.collect()  # the index holds reference cycles: 0.38 GB at 10^6 cells stayed until the next collection
@@ -177,17 +173,14 @@ def propagate(
     # one CG solve per class: a block solve (all classes in one sparse matrix-matrix product per step) was
     # 30% faster up to 10^5 cells but 1.7x slower at 3*10^5, where the neighbour gathers miss the cache
     bar = progress_bar(Y.shape[1], "propagation") if A.shape[0] > EXACT_MAX_CELLS else None
+    rows = slice(None) if order is None else order  # seeds go in and results come out in the operator's order
     for c in range(Y.shape[1]):
-        b = Y[:, c] if order is None else Y[order, c]
-        b = b.astype(A.dtype)
+        b = Y[rows, c].astype(A.dtype)
         if b.any():
             f, info = cg(A, b, rtol=tol, atol=0.0, maxiter=max_iter)
             if info > 0:
                 logger.warning("propagation for class %d stopped after %d iterations before converging", c, info)
-            if order is None:
-                F[:, c] = f
-            else:
-                F[order, c] = f
+            F[rows, c] = f
         if bar is not None:
             bar.update(1)
     if bar is not None:
@@ -270,9 +263,13 @@ def _query(data: np.ndarray, queries: np.ndarray, k: int, *, method: KnnMethod, 
 
         dist, idx = NearestNeighbors(n_neighbors=k).fit(data).kneighbors(queries)
         return idx, dist
+    return _nndescent(data, max(k, 15), seed).query(queries, k=k)
+
+
+def _nndescent(data: np.ndarray, n_neighbors: int, seed: int):
+    """The pynndescent index of ``data`` as biossl builds it: ``PYNNDESCENT_TREES`` trees, one thread, low memory."""
     from pynndescent import NNDescent
 
-    index = NNDescent(
-        data, n_neighbors=max(k, 15), n_trees=PYNNDESCENT_TREES, random_state=seed, n_jobs=1, low_memory=True
+    return NNDescent(
+        data, n_neighbors=n_neighbors, n_trees=PYNNDESCENT_TREES, random_state=seed, n_jobs=1, low_memory=True
     )
-    return index.query(queries, k=k)

@@ -110,7 +110,7 @@ def test_calibration_folds_in_single_precision_fit_the_double_precision_temperat
     proba = predictor(codes)
     held, double = crossval_proba(predictor, codes)
     held32, single = crossval_proba(predictor.fold, codes)
-    assert next(iter(predictor._operators)) is np.float32  # one operator held, cast down
+    assert predictor._operator.matrix.dtype == np.float32  # one operator held, cast down
     np.testing.assert_array_equal(held, held32)
     np.testing.assert_allclose(single, double, atol=1e-3)
     t64 = calibrate_annotation(predictor, codes, proba)[1]["temperature"]

@@ -216,11 +216,12 @@ def _pca_scaled_per_batch(X, batch: np.ndarray, n_comps: int, fit: np.ndarray | 
         Xb = sp.csr_matrix(X[r][:, cols], dtype=np.float64)
         m = np.asarray(Xb.mean(0)).ravel()
         sd = np.sqrt(np.maximum(np.asarray(Xb.multiply(Xb).mean(0)).ravel() - m**2, 0.0))
-        Xb.data = np.minimum(Xb.data, (m + 10.0 * sd)[Xb.indices])
+        cap = m + 10.0 * sd
+        Xb.data = np.minimum(Xb.data, cap[Xb.indices])
         s = np.where(sd > 1e-8, 1.0 / np.maximum(sd, 1e-8), 0.0)
         gram = (Xb.T @ Xb).toarray() - len(r) * np.outer(m, m)
         cov += gram * np.outer(s, s)
-        stats.append((m, s, m + 10.0 * sd))
+        stats.append((m, s, cap))
         del Xb, gram
     n_comps = int(min(n_comps, X.shape[0] - 1, n_genes - 1))
     evecs = np.linalg.eigh(cov)[1]

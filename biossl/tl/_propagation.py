@@ -146,7 +146,7 @@ class AnnotationPredictor:
 
     def __init__(self, W: sp.csr_matrix, n_classes: int, *, alpha: float, rep: np.ndarray | None, class_prior: str):
         self.W, self.n_classes, self.alpha, self.rep, self.class_prior = W, n_classes, alpha, rep, class_prior
-        self._operators = {np.float64: graph.spreading_operator(W, alpha)}
+        self._operator = graph.spreading_operator(W, alpha)  # one held at a time (10^6 cells: ~0.3 GB in float64)
         self._init: dict = {}  # the first self-training fit starts the later ones (folds: a few labels fewer)
 
     def __call__(self, codes: np.ndarray) -> np.ndarray:
@@ -157,14 +157,12 @@ class AnnotationPredictor:
         return self._predict(codes, np.float32)
 
     def _predict(self, codes: np.ndarray, dtype) -> np.ndarray:
-        if dtype not in self._operators:  # one operator held at a time (10^6 cells: ~0.3 GB in float64)
-            double = self._operators.get(np.float64)
-            if double is None:  # never cast float32 back up: rebuild
-                double = graph.spreading_operator(self.W, self.alpha)
-            self._operators = {dtype: double.astype(dtype)}
-        operator = self._operators[dtype]
+        held = self._operator.matrix.dtype
+        if held != dtype:  # cast down from float64; never cast float32 back up: rebuild
+            double = self._operator if held == np.float64 else graph.spreading_operator(self.W, self.alpha)
+            self._operator = double.astype(dtype)
         proba = propagate_labels(
-            self.W, codes, self.n_classes, alpha=self.alpha, class_prior=self.class_prior, operator=operator
+            self.W, codes, self.n_classes, alpha=self.alpha, class_prior=self.class_prior, operator=self._operator
         )[0]
         if self.rep is not None:
             proba = normalise_rows(self_train(self.rep, codes, proba, init=self._init))[0]
