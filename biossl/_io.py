@@ -211,17 +211,39 @@ def write_h5ad_atomic(adata: AnnData, path: str | os.PathLike, *, overwrite: boo
         Output file.
     overwrite
         Replace an existing file (raises :class:`FileExistsError` otherwise).
-        A backed ``adata`` (``backed="r"``) gets its ``X`` copied from its file in chunks.
+        A backed ``adata`` (``backed="r"``) gets its ``X`` copied from its file by HDF5 itself, chunk by
+        chunk, never whole in memory.
 
     Returns
     -------
     The output path.
     """
     with atomic_path(path, overwrite=overwrite) as tmp:
-        if adata.isbacked:  # anndata appends to the file it is given (X is copied from the backing file)
-            tmp.unlink()
-        adata.write_h5ad(tmp)
+        if adata.isbacked:
+            _write_backed(adata, tmp)
+        else:
+            adata.write_h5ad(tmp)
     return Path(path)
+
+
+def _write_backed(adata: AnnData, tmp: Path) -> None:
+    """Write a backed ``adata``: everything but ``X`` through anndata, then ``X`` copied within HDF5.
+
+    anndata's own write of a backed sparse ``X`` reads each of its arrays whole (0.9 GB above the rest at
+    10^6 cells x 2,000 genes); ``h5py.Group.copy`` copies the stored group (its chunks, compression and
+    encoding attributes) without loading it.
+    """
+    import anndata as ad
+    import h5py
+
+    source = adata.filename
+    parts = {key: getattr(adata, key) for key in ("obs", "var", "uns", "obsm", "varm", "obsp", "varp", "layers")}
+    without_x = ad.AnnData(**{key: value if key in ("obs", "var") else dict(value) for key, value in parts.items()})
+    without_x.write_h5ad(tmp)
+    with h5py.File(source, "r") as src, h5py.File(tmp, "a") as dst:
+        for key in ("X", "raw"):
+            if key in src and key not in dst:
+                src.copy(src[key], dst, key)
 
 
 def write_text_atomic(text: str, path: str | os.PathLike, *, overwrite: bool = False) -> Path:

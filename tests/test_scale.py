@@ -83,6 +83,8 @@ def test_row_reader_matches_in_memory_rows(sim_file, tmp_path):
     whole = reader.to_csr(chunk_size=333)  # blocks copied into one matrix (the last one shorter)
     assert whole.dtype == np.float32 and whole.shape == (1500, len(cols))
     np.testing.assert_array_equal(whole.toarray(), expected_cols)
+    every = RowReader(backed.X).to_csr(chunk_size=333)  # all columns: the size comes from the row pointers
+    assert every.nnz == mem.nnz and (every != mem).nnz == 0
     backed.file.close()
     # a dense X on disk is read the same way
     dense = ad.read_h5ad(sim_file)
@@ -91,6 +93,7 @@ def test_row_reader_matches_in_memory_rows(sim_file, tmp_path):
     dense_backed = _backed(tmp_path / "dense.h5ad")
     idx = np.sort(rng.choice(1500, 25, replace=False))
     np.testing.assert_array_equal(RowReader(dense_backed.X, columns=cols)[idx].toarray(), expected_cols[idx])
+    np.testing.assert_array_equal(RowReader(dense_backed.X, columns=cols).to_csr(333).toarray(), expected_cols)
     dense_backed.file.close()
 
 

@@ -17,6 +17,8 @@ from ._data import counts_from_raw, embedding, read_input
 from ._options import (
     INPUT,
     Device,
+    backed_option,
+    check_backed,
     check_model_option,
     check_threshold,
     force_option,
@@ -45,12 +47,13 @@ _SPLIT_KEY = "_biossl_evaluate_labels"  # the obs column each split's few labels
 @n_neighbors_option()
 @click.option("--reuse-embedding", is_flag=True, help="Use obsm['X_biossl'] already in IN instead of embedding.")
 @model_options(save=False)
+@backed_option(writes_h5ad=False)
 @common_options
 def evaluate(
     input_path: str, labels_key: str, unlabeled_category: str, k_text: str, seeds_text: str, json_path: str | None,
     force: bool, unknown_threshold: float | None, n_neighbors: int, reuse_embedding: bool, model: str,
     batch_key: str | None, layer: str | None, n_latent: int | None, max_steps: int | None, seed: int, device: Device,
-    threads: int | None,
+    threads: int | None, backed: bool,
 ) -> None:  # fmt: skip
     """Score few-label annotation on fully labelled IN.h5ad: hide labels, annotate, macro-F1 per k.
 
@@ -65,11 +68,12 @@ def evaluate(
         raise click.UsageError("--reuse-embedding cannot be combined with --model.")
     model = check_model_option(model, None)
     check_threshold(unknown_threshold)
+    check_backed(backed, layer)
     check_io(input_path, {"--json": json_path}, force=force)
     with cli_threads(threads):
         import biossl
 
-        adata = read_input(input_path)
+        adata = read_input(input_path, backed=backed)
         counts_from_raw(adata, layer)
         truth, known, classes = _true_labels(adata, labels_key, unlabeled_category)
         how = embedding(
