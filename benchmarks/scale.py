@@ -18,6 +18,8 @@ in ``benchmarks/results/scale.png``, so sizes can be run separately (e.g. 10^6 i
     .venv-bench/bin/python benchmarks/scale.py --sizes 100000 1000000 --no-biossl --no-baseline --celltypist
 
 CellTypist (``--celltypist``, needs ``make bench-env``) runs on the same file and labelled cells, in memory.
+``--pca`` adds biossl with its default PCA latent (kind ``biossl_pca``, the path of ``biossl annotate``), which
+loads the selected genes of X instead of training on minibatches.
 """
 
 from __future__ import annotations
@@ -65,10 +67,12 @@ def _scores(truth, pred, mask) -> dict:
     return {"accuracy": round(float((t == p).mean()), 4), "macro_f1": round(macro_f1(t, p), 4)}
 
 
-def run_biossl(path: Path, max_steps: int, seed: int, save=None) -> dict:
+def run_biossl(path: Path, max_steps: int, seed: int, save=None, model: str = "vae") -> dict:
     """The biossl pipeline on a backed file; returns stage times, peak RSS and scores.
 
-    ``save(out)`` is called after every stage, so a run cut short still leaves its finished stages.
+    ``model="vae"`` (kind ``biossl``) trains the VAE on minibatches read from disk; ``model="pca"`` (kind
+    ``biossl_pca``) is the default latent of ``biossl annotate``, which loads the selected genes of X. ``save(out)``
+    is called after every stage, so a run cut short still leaves its finished stages.
     """
     import anndata as ad
     import numpy as np
@@ -100,11 +104,11 @@ def run_biossl(path: Path, max_steps: int, seed: int, save=None) -> dict:
     biossl.pp.setup(adata, batch_key="batch", n_top_genes=2000)
     stage("hvg", t0)
     t0 = time.perf_counter()
-    biossl.tl.embed(adata, model="vae", batch_key="batch", max_steps=max_steps, seed=seed)
+    biossl.tl.embed(adata, model=model, batch_key="batch", max_steps=max_steps, seed=seed)
     rec = adata.uns["biossl"]["embed"]
-    out["stages"]["train"] = rec["train_seconds"]
+    out["stages"]["train"] = rec.get("train_seconds", 0.0)  # PCA: no training
     out["rss_mb"]["train"] = None  # train and embed run in one call; the peak is reported after embed
-    out["stages"]["embed"] = round(time.perf_counter() - t0 - rec["train_seconds"], 2)
+    out["stages"]["embed"] = round(time.perf_counter() - t0 - out["stages"]["train"], 2)
     out["rss_mb"]["embed"] = _rss_mb()
     # CPU of train vs embed: split the call's CPU time in proportion to their wall times
     both = _cpu() - cpu[0]
@@ -114,8 +118,8 @@ def run_biossl(path: Path, max_steps: int, seed: int, save=None) -> dict:
     out["cpu_s"]["embed"] = round(both * out["stages"]["embed"] / wall, 2)
     if save is not None:
         save(out)
-    out["train_steps"] = int(rec["steps"])
-    print(f"  train+embed: {time.perf_counter() - t0:.1f} s ({rec['steps']} steps)", file=sys.stderr, flush=True)
+    out["train_steps"] = int(rec.get("steps", 0))
+    print(f"  train+embed: {time.perf_counter() - t0:.1f} s ({out['train_steps']} steps)", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     biossl.tl.neighbors(adata, n_neighbors=15, seed=seed)
     stage("knn", t0)
@@ -227,7 +231,7 @@ def child(n: int, kind: str, max_steps: int, seed: int, out_path: Path) -> None:
     """Run one size in this (fresh) process and write its JSON."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     path = WORK / f"sim_{n}.h5ad"
-    if kind == "biossl":
+    if kind.startswith("biossl"):
         import torch
 
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -240,6 +244,7 @@ def child(n: int, kind: str, max_steps: int, seed: int, out_path: Path) -> None:
         out_path.write_text(json.dumps(partial, indent=1))
 
     runners = {"biossl": lambda: run_biossl(path, max_steps, seed, save), "baseline": lambda: run_baseline(path, seed)}
+    runners["biossl_pca"] = lambda: run_biossl(path, max_steps, seed, save, model="pca")
     runners["celltypist"] = lambda: run_celltypist(path, seed)
     res = runners[kind]()
     res.update(
@@ -332,6 +337,7 @@ def _plot(runs):
     ours = [r for r in runs if r["method"] == "biossl"]
     base = [r for r in runs if r["method"] == "baseline"]
     typist = [r for r in runs if r["method"] == "celltypist"]
+    pca = [r for r in runs if r["method"] == "biossl_pca" and r.get("complete", True)]
     for s in STAGES:
         pts = [(r["n_cells"], max(r["cpu_s"][s], 1e-2)) for r in ours if s in r.get("cpu_s", {})]
         if pts:
@@ -343,7 +349,11 @@ def _plot(runs):
         ax_c.plot([n0, 1e6], [c0, c0 * 1e6 / n0], ":", color="grey", label="linear from smallest")
     ax_c.set(xscale="log", yscale="log", xlabel="cells", ylabel="CPU seconds (1 thread)", title="biossl CPU per stage")
     ax_c.legend(fontsize=7)
-    others = ((base, "r^--", "scanpy + LabelSpreading"), (typist, "bv-.", "CellTypist (in memory)"))
+    others = (
+        (pca, "gD-", "biossl, PCA latent"),
+        (base, "r^--", "scanpy + LabelSpreading"),
+        (typist, "bv-.", "CellTypist (in memory)"),
+    )
     for rows, style, name in ((done, "ks-", "biossl"), *others):
         if rows:
             ax_t.plot([r["n_cells"] for r in rows], [r["total_cpu_s"] for r in rows], style, label=f"{name} CPU")
@@ -375,6 +385,7 @@ def main() -> None:
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--celltypist", action="store_true", help="also run CellTypist (needs make bench-env)")
     parser.add_argument("--no-biossl", action="store_true", help="skip biossl (e.g. only add CellTypist rows)")
+    parser.add_argument("--pca", action="store_true", help="also run biossl with its default PCA latent")
     parser.add_argument("--collect", action="store_true", help="only merge the results and plot")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--kind", default="biossl", help=argparse.SUPPRESS)
@@ -387,7 +398,8 @@ def main() -> None:
     if not args.collect:
         for n in (int(s) for s in args.sizes):
             ensure_data(n, args.seed)
-            for kind in ["biossl"] * (not args.no_biossl) + ["celltypist"] * args.celltypist:
+            kinds = ["biossl"] * (not args.no_biossl) + ["biossl_pca"] * args.pca + ["celltypist"] * args.celltypist
+            for kind in kinds:
                 res = run_size(n, kind, args.steps, args.seed, args.threads)
                 if res:
                     print(

@@ -184,3 +184,28 @@ def test_map_query_holds_under_a_strong_shift(_strong, held_out):
     assert unknown[True] < 0.05 < unknown[False]
     if held_out is not None:
         assert np.mean(calls[True][~known] == "Unknown") > 0.7
+
+
+@pytest.mark.parametrize("mixed", [True, False])
+def test_auto_gate_on_large_data_measures_a_sample_and_keeps_the_chosen_latent(_strong, monkeypatch, mixed):
+    """Above MIXING_MAX_CELLS cells the gate's pooled PCA is fitted on the diagnostic's sample only; the latent it
+    returns is still the whole pooled PCA (batches mix) or the per-batch scaled one (they do not)."""
+    from biossl.tl import _pca
+
+    monkeypatch.setattr(_pca, "MIXING_MAX_CELLS", 800)
+    counts = sp.csr_matrix(_strong.X, dtype=np.float32)
+    batch = _strong.obs["batch"].astype(str).to_numpy()
+    if mixed:
+        batch = np.random.default_rng(0).permutation(batch)
+    fitted = []
+    pooled = _pca._pooled_pca
+    monkeypatch.setattr(_pca, "_pooled_pca", lambda L, *a, **k: fitted.append(L.shape[0]) or pooled(L, *a, **k))
+    latent, info = _pca.pca_latent(counts, 20, 0, batch=batch)
+    assert fitted[0] == 800 and info["batch_mixing"]["pooled"]["score"] == pytest.approx(
+        0.9 if mixed else 0.05, abs=0.15
+    )
+    expect = "none" if mixed else "scale"
+    assert info["batch_correction"] == expect
+    again, _ = _pca.pca_latent(counts, 20, 0, batch=batch, batch_correction=expect)
+    np.testing.assert_array_equal(latent, again)
+    assert fitted.count(counts.shape[0]) == (2 if mixed else 0)  # the whole pooled PCA only when it is kept
