@@ -197,9 +197,13 @@ def test_auto_gate_on_large_data_measures_a_sample_and_keeps_the_chosen_latent(_
     batch = _strong.obs["batch"].astype(str).to_numpy()
     if mixed:
         batch = np.random.default_rng(0).permutation(batch)
-    fitted = []
-    pooled = _pca._pooled_pca
-    monkeypatch.setattr(_pca, "_pooled_pca", lambda L, *a, **k: fitted.append(L.shape[0]) or pooled(L, *a, **k))
+    fitted, pooled = [], _pca._pooled_pca
+
+    def counted(L, *args, **kwargs):  # the rows of every pooled PCA fitted
+        fitted.append(L.shape[0])
+        return pooled(L, *args, **kwargs)
+
+    monkeypatch.setattr(_pca, "_pooled_pca", counted)
     latent, info = _pca.pca_latent(counts, 20, 0, batch=batch)
     assert fitted[0] == 800 and info["batch_mixing"]["pooled"]["score"] == pytest.approx(
         0.9 if mixed else 0.05, abs=0.15
