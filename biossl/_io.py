@@ -236,11 +236,12 @@ def _write_backed(adata: AnnData, tmp: Path) -> None:
     import anndata as ad
     import h5py
 
-    source = adata.filename
-    parts = {key: getattr(adata, key) for key in ("obs", "var", "uns", "obsm", "varm", "obsp", "varp", "layers")}
-    without_x = ad.AnnData(**{key: value if key in ("obs", "var") else dict(value) for key, value in parts.items()})
+    without_x = ad.AnnData(
+        obs=adata.obs, var=adata.var, uns=dict(adata.uns), obsm=dict(adata.obsm), varm=dict(adata.varm),
+        obsp=dict(adata.obsp), varp=dict(adata.varp), layers=dict(adata.layers),
+    )  # fmt: skip
     without_x.write_h5ad(tmp)
-    with h5py.File(source, "r") as src, h5py.File(tmp, "a") as dst:
+    with h5py.File(adata.filename, "r") as src, h5py.File(tmp, "a") as dst:
         for key in ("X", "raw"):
             if key in src and key not in dst:
                 src.copy(src[key], dst, key)

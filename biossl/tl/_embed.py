@@ -94,8 +94,8 @@ def embed(
         between technologies, labs or species. ``"none"``: one scaling over all cells. ``"auto"`` (default):
         build the pooled PCA (of a seeded sample of 20,000 cells on larger data), measure how well the batches mix
         among each cell's 15 nearest neighbours (:func:`biossl.graph.batch_mixing`), and scale per batch when the
-        mixing score is below
-        ``biossl.graph.MIXING_MIN`` (labels could not cross such a graph); the scores and the choice are recorded.
+        mixing score is below ``biossl.graph.MIXING_MIN`` (labels could not cross such a graph); the scores and the
+        choice are recorded.
     copy
         {copy}
 
