@@ -98,11 +98,32 @@ def test_self_training_warm_start_lands_where_a_cold_fit_does(pbmc_graph):
     np.testing.assert_array_equal(self_train(rep, fold, proba, init={**init, "classes": init["classes"][:-1]}), cold)
 
 
-def test_calibration_folds_in_single_precision_fit_the_double_precision_temperature(pbmc_graph):
-    """``AnnotationPredictor.fold`` solves in float32: the folds' probabilities and the temperature stay put."""
+def test_predictor_asked_for_some_rows_gives_those_rows_of_the_full_answer(pbmc_graph):
+    """A calibration fold scores only its held-out cells; their probabilities are those of scoring every cell."""
     from biossl.tl._propagation import annotation_predictor, connectivities, label_codes
+
+    _label(pbmc_graph, 3)
+    codes, classes = label_codes(pbmc_graph, "labels", None)
+    W, rep = connectivities(pbmc_graph, "biossl"), pbmc_graph.obsm["X_biossl"]
+    rows = np.random.default_rng(0).choice(len(codes), 200, replace=False)  # labelled and unlabelled cells
+    for refine in (rep, None):
+        # a predictor keeps its first self-training fit as the next one's start: a fresh one for each answer
+        full, some = (
+            annotation_predictor(W, len(classes), alpha=0.9, rep=refine, class_prior="estimate").fold(codes, cells)
+            for cells in (None, rows)
+        )
+        full = full[rows]
+        assert some.shape == (len(rows), len(classes))
+        np.testing.assert_allclose(some, full, rtol=0, atol=1e-12)
+        assert np.allclose(some.sum(1), 1.0)
+
+
+def test_calibration_folds_in_single_precision_fit_the_double_precision_temperature(pbmc_graph):
+    """``AnnotationPredictor.fold`` solves in float32 to ``FOLD_TOL``: held-out probabilities and temperature hold."""
+    from biossl.tl._propagation import FOLD_TOL, annotation_predictor, connectivities, label_codes
     from biossl.tl.calibrate import calibrate_annotation, crossval_proba
 
+    assert FOLD_TOL > 1e-6  # looser than the annotation's own solve, hence the tolerances below
     _label(pbmc_graph, 5)
     codes, classes = label_codes(pbmc_graph, "labels", None)
     W, rep = connectivities(pbmc_graph, "biossl"), pbmc_graph.obsm["X_biossl"]
@@ -112,10 +133,12 @@ def test_calibration_folds_in_single_precision_fit_the_double_precision_temperat
     held32, single = crossval_proba(predictor.fold, codes)
     assert predictor._operator.matrix.dtype == np.float32  # one operator held, cast down
     np.testing.assert_array_equal(held, held32)
-    np.testing.assert_allclose(single, double, atol=1e-3)
+    gap = np.abs(single - double)
+    assert gap.mean() < 1e-3 and gap.max() < 0.05, (gap.mean(), gap.max())  # measured: 0.0004 and 0.022
+    assert (single.argmax(1) == double.argmax(1)).mean() > 0.98
     t64 = calibrate_annotation(predictor, codes, proba)[1]["temperature"]
     t32 = calibrate_annotation(predictor.fold, codes, proba)[1]["temperature"]
-    assert abs(t32 - t64) < 0.01 * t64, (t32, t64)
+    assert abs(t32 - t64) < 0.01 * t64, (t32, t64)  # measured: 0.762 vs 0.761
     np.testing.assert_array_equal(predictor(codes), proba)  # back to float64: rebuilt from the graph, not cast up
 
 

@@ -442,8 +442,8 @@ class _MarkerSeeds:
 
             marker_only = np.where(self.fixed >= 0, -1, self.codes)  # the folds hide labelled cells; markers stay
 
-            def with_markers(label_codes: np.ndarray) -> np.ndarray:
-                return predictor.fold(np.where(label_codes >= 0, label_codes, marker_only))
+            def with_markers(label_codes: np.ndarray, rows: np.ndarray) -> np.ndarray:
+                return predictor.fold(np.where(label_codes >= 0, label_codes, marker_only), rows)
 
             proba, calibration = calibrate_annotation(with_markers, self.fixed, proba)
         return proba, calibration

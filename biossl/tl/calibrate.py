@@ -84,7 +84,8 @@ def crossval_proba(
 
     Labelled cells of types with at least two labels are split into ``n_folds`` stratified folds (a
     type's cells spread over the folds, so no fold hides a type's last label); each fold is hidden in
-    turn and ``predict(codes_without_fold)`` gives its probabilities. Types with one label give no pair.
+    turn and ``predict(codes_without_fold, fold_cells)`` gives their probabilities (a fold × classes array; the
+    predictor may score only those cells). Types with one label give no pair.
     """
     rng = np.random.default_rng(seed)
     fold = np.full(len(codes), -1)
@@ -101,7 +102,7 @@ def crossval_proba(
         train = codes.copy()
         train[test] = -1
         held.append(test)
-        rows.append(predict(train)[test])
+        rows.append(predict(train, test))
     if not held:
         return np.zeros(0, dtype=np.int64), np.zeros((0, 0))
     return np.concatenate(held), np.concatenate(rows)
@@ -159,11 +160,12 @@ def calibrate_annotation(
     Parameters
     ----------
     predict
-        The annotation pipeline: label codes (-1 = unlabelled) to cells × classes probabilities.
+        The annotation pipeline: ``predict(codes, rows)`` maps label codes (-1 = unlabelled) to the class
+        probabilities of the cells ``rows`` (indices), e.g. ``AnnotationPredictor.fold``.
     codes
         Current label codes.
     proba
-        ``predict(codes)``, the probabilities to calibrate.
+        The probabilities of every cell under ``codes``, the ones to calibrate.
     method
         ``"temperature"`` or ``"isotonic"``.
     n_folds
