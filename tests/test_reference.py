@@ -154,9 +154,11 @@ def test_held_out_sibling_type_ranks_as_novel(halves):
     # NK cells sit next to CD8 T cells: the distance to the reference alone does not single them out (AUROC
     # 0.52 before the reference share), but they form query-only neighbourhoods in the joint graph. The default
     # Unknown seeds (score < 0.5) let the query graph settle them as CD8 T; the documented higher threshold
-    # calls them
+    # calls them. The AUROC moves with the reference's training: 0.833, 0.946, 0.959, 0.853, 0.881 for training seeds
+    # 0-4 at this budget (2026-12-06; seed 0, the one run here, read above 0.85 on the machine the test was written
+    # on), so the bound checks the mechanism (0.52 without it), not one run's digits
     novel, called, score = _map_without(halves, "NK", mapping_threshold=AUTO)
-    assert roc_auc_score(novel, -score) > 0.85
+    assert roc_auc_score(novel, -score) > 0.8
     assert called[novel].mean() > 3 * called[~novel].mean()
     assert called[~novel].mean() < 0.05
 
