@@ -135,7 +135,8 @@ def annotation_predictor(
     return AnnotationPredictor(W, n_classes, alpha=alpha, rep=rep, class_prior=class_prior)
 
 
-# The calibration folds' relative residual (the annotation's own solve: 1e-6). benchmarks/calibration.py, k = 3, 5, 10
+SOLVE_TOL = 1e-6  # relative residual of the annotation's propagation solves
+# The calibration folds' (looser: they only fit a temperature). benchmarks/calibration.py, k = 3, 5, 10
 # labels per type, seeds 0-4: mean ECE within 0.004 of the 1e-6 folds' on pbmc3k, baron_mouse and cellbench (1e-3:
 # baron_mouse k = 3 0.080 -> 0.102). At 10^6 cells (scale simulation) a float32 solve takes 12 products instead of 19
 # (0.42 vs 0.64 s; tl.annotate 69 -> 52 CPU-s); the fitted temperature moved 0.48 -> 0.43 and the ECE 0.008 -> 0.011
@@ -159,10 +160,10 @@ class AnnotationPredictor:
 
     def __call__(self, codes: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
         """Probabilities of every cell, or of ``rows`` only (the graph still spreads over every cell)."""
-        return self._predict(codes, np.float64, rows, 1e-6)
+        return self._predict(codes, np.float64, rows, SOLVE_TOL)
 
     def fold(self, codes: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
-        """As a call, with the propagation solved in float32 (the calibration folds)."""
+        """As a call, with the propagation solved in float32 to ``FOLD_TOL`` (the calibration folds)."""
         return self._predict(codes, np.float32, rows, FOLD_TOL)
 
     def _predict(self, codes: np.ndarray, dtype, rows: np.ndarray | None, tol: float) -> np.ndarray:
@@ -192,7 +193,7 @@ def propagate_labels(
     alpha: float = 0.9,
     class_prior: str = "uniform",
     operator: graph.SpreadingOperator | None = None,
-    tol: float = 1e-6,
+    tol: float = SOLVE_TOL,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Class probabilities, confidence and predicted code (-1 = unreachable) for every cell.
 
