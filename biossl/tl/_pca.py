@@ -61,9 +61,9 @@ def pca_latent(
         return _pooled_pca(L, n_comps, seed, fit), ({} if single else {"batch_correction": "none"})
     info: dict = {}
     if batch_correction == "auto":
-        # the pooled PCA of the diagnostic's cells only: the whole one is built only if it is kept
+        # the pooled PCA of the diagnostic's cells only (every cell on small data): the whole one is built only if kept
         rows = _mixing_rows(L.shape[0], seed)
-        sample = _pooled_pca(L if rows is None else L[rows], n_comps, seed)
+        sample = _pooled_pca(L, n_comps, seed, fit) if rows is None else _pooled_pca(L[rows], n_comps, seed)
         info["batch_mixing"] = {"pooled": _mixing(sample, batch if rows is None else batch[rows], seed)}
         pooled = info["batch_mixing"]["pooled"]["score"]
         if pooled >= graph.MIXING_MIN:
