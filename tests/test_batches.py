@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
@@ -213,3 +214,34 @@ def test_auto_gate_on_large_data_measures_a_sample_and_keeps_the_chosen_latent(_
     again, _ = _pca.pca_latent(counts, 20, 0, batch=batch, batch_correction=expect)
     np.testing.assert_array_equal(latent, again)
     assert fitted.count(counts.shape[0]) == (2 if mixed else 0)  # the whole pooled PCA only when it is kept
+
+
+def test_cli_bridges_option_gives_the_api_graph(_strong, tmp_path):
+    from click.testing import CliRunner
+
+    from biossl.cli import main
+
+    adata = _strong.copy()
+    truth = adata.obs["cell_type"].astype(str).to_numpy()
+    adata.obs["labels"] = pd.Categorical(np.where(adata.obs["batch"] == "tech_B", None, truth))
+    path = tmp_path / "in.h5ad"
+    adata.write_h5ad(path)
+    api = adata.copy()
+    biossl.pp.setup(api, batch_key="batch")
+    biossl.tl.embed(api)
+    for bridges in ("mnn", "none"):
+        out = tmp_path / f"{bridges}.h5ad"
+        args = ["annotate", path, "-o", out, "--labels-key", "labels", "--batch-key", "batch", "--bridges", bridges]
+        result = CliRunner().invoke(main, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+        cli = ad.read_h5ad(out)
+        rec = cli.uns["biossl"]["neighbors"]
+        b = api.copy()
+        biossl.tl.neighbors(b, bridges=bridges)
+        biossl.tl.annotate(b, "labels")
+        assert rec["bridges"] == bridges and rec["mnn_pairs"] == b.uns["biossl"]["neighbors"]["mnn_pairs"]
+        assert (rec["mnn_pairs"] > 0) == (bridges == "mnn")
+        assert (cli.obs["biossl_label"].astype(str) == b.obs["biossl_label"].astype(str)).all()
+    clash = CliRunner().invoke(main, ["annotate", str(path), "-o", str(tmp_path / "r.h5ad"), "--reference",
+                                      str(tmp_path), "--bridges", "mnn"])  # fmt: skip
+    assert clash.exit_code == 2 and "--bridges" in clash.output

@@ -138,7 +138,8 @@ def test_annotate_gives_the_api_labels(h5ad, pbmc_small, tmp_path):
     cli = ad.read_h5ad(out)
     np.testing.assert_allclose(cli.obsm["X_biossl"], adata.obsm["X_biossl"], rtol=1e-5, atol=1e-6)
     assert (cli.obs["biossl_label"].astype(str) == adata.obs["biossl_label"].astype(str)).all()
-    np.testing.assert_allclose(cli.obs["biossl_confidence"], adata.obs["biossl_confidence"], atol=1e-6)
+    # the latent agrees to 1e-5, the confidence to a few 1e-6 (3e-6 under OMP_NUM_THREADS=1)
+    np.testing.assert_allclose(cli.obs["biossl_confidence"], adata.obs["biossl_confidence"], atol=1e-5)
 
 
 def test_existing_output_needs_force(h5ad, tmp_path):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, get_args
+from typing import get_args
 
 import click
 
+from .._types import Device, ModelKind
 from ._common import CliError
 
 __all__ = [
@@ -17,8 +18,6 @@ __all__ = [
     "seed_option", "threads_option", "truth_key_option", "unknown_threshold_option", "unlabeled_category_option",
 ]  # fmt: skip
 
-Device = Literal["auto", "cpu", "cuda"]
-ModelKind = Literal["auto", "vae", "ae", "pca"]
 DEVICES: tuple[str, ...] = get_args(Device)
 MODEL_KINDS: tuple[str, ...] = get_args(ModelKind)
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+from typing import get_args
 
 import click
 
+from .._types import Bridges
 from ._common import CliError, check_io, cli_threads, common_options, echo_summary, elapsed
 from ._data import check_labels, counts_from_raw, embed_cells, embedding, read_input, write_h5ad
 from ._options import (
@@ -50,6 +52,14 @@ def _labels_only(**given) -> None:
 @unknown_threshold_option
 @n_neighbors_option()
 @click.option(
+    "--bridges",
+    type=click.Choice(get_args(Bridges)),
+    default="auto",
+    show_default=True,
+    help="Mutual-nearest-neighbour edges between the batches of --batch-key: auto adds them only when the "
+    "batches hardly mix in the graph, mnn always, none never (not with --reference).",
+)
+@click.option(
     "--reuse-embedding",
     is_flag=True,
     help="Use obsm['X_biossl'] already in IN (from `biossl embed`) instead of embedding again.",
@@ -76,8 +86,8 @@ def _labels_only(**given) -> None:
 @common_options
 def annotate(
     input_path: str, output: str, force: bool, labels_key: str | None, unlabeled_category: str,
-    unknown_threshold: float | None, n_neighbors: int, reuse_embedding: bool, markers_path: str | None,
-    reference: str | None,
+    unknown_threshold: float | None, n_neighbors: int, bridges: Bridges, reuse_embedding: bool,
+    markers_path: str | None, reference: str | None,
     mapping_threshold: float | None, gene_map: str | None, gene_key: str | None, model: str, batch_key: str | None,
     layer: str | None, n_latent: int | None, max_steps: int | None, seed: int, device: Device, threads: int | None,
     save_model: str | None, backed: bool,
@@ -97,6 +107,7 @@ def annotate(
         _reference_clash(
             labels_key=labels_key, reuse_embedding=reuse_embedding or None, model=None if model == "auto" else model,
             save_model=save_model, layer=layer, n_latent=n_latent, markers=markers_path,
+            bridges=None if bridges == "auto" else bridges,
         )  # fmt: skip
         map_file(
             input_path, output, reference, batch_key=batch_key, unknown_threshold=unknown_threshold,
@@ -126,7 +137,7 @@ def annotate(
             batch_key=batch_key, layer=layer, n_latent=n_latent, max_steps=max_steps, seed=seed, device=device,
             save_model=save_model, force=force,
         )  # fmt: skip
-        biossl.tl.neighbors(adata, n_neighbors=n_neighbors, seed=seed)
+        biossl.tl.neighbors(adata, n_neighbors=n_neighbors, bridges=bridges, seed=seed)
         seeds, n_types = _annotate_step(
             adata, markers, labels_key, unlabeled_category, unknown_threshold, n_labelled, n_types
         )
