@@ -51,9 +51,10 @@ def map_options(when: str = ""):
         return click.option(
             "--mapping-threshold",
             type=click.FloatRange(min=0.0),
-            help=f"{when}cells whose mapping score (0-1) is below this seed the 'Unknown' calls, which are "
-            "settled on the query's own graph [default: 0.5]; 0.75 also calls novel types that sit next to a known "
-            "one, and more known cells with them.",
+            help=f"{when}call every cell whose mapping score (0-1) is below this 'Unknown'. Unset, the threshold is "
+            "soft [default: 0.5]: the lower-scoring half of the cells below it seed the 'Unknown' calls, which are "
+            "settled on an expression graph. 0.75 also calls novel types that sit next to a known one, and more "
+            "known cells with them.",
         )(func)
 
     return decorate

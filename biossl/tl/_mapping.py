@@ -339,7 +339,7 @@ def expression_match(
 
 def refine_on_query(
     X, present, batches, proba, pred, confidence, score, threshold, n_classes, k, alpha, seed, *,
-    sample: dict | None = None, sample_codes: np.ndarray | None = None,
+    sample: dict | None = None, sample_codes: np.ndarray | None = None, hard: bool = False,
 ):  # fmt: skip
     """Propagate the mapped calls over an expression graph of the query, with an Unknown class seeded by low scores.
 
@@ -348,9 +348,11 @@ def refine_on_query(
     labels: ``sample_codes`` at its rows), of the sampled reference cells' counts too, each reference batch a batch
     of its own. Seeds: the reference cells with their labels; per predicted class, the more confident half of its
     query cells whose score reaches ``threshold``; and the lower-scoring half of the query cells below it, as class
-    ``n_classes`` (Unknown). The propagated probabilities are averaged with the mapped ones (``proba``; Unknown for
-    cells below ``threshold``). Returns the class probabilities (reference classes, rows summing to 1 or 0), the
-    confidence (top class probability times the share not given to Unknown), the predicted code and the Unknown mask.
+    ``n_classes`` (Unknown). The propagated probabilities are averaged with the mapped ones (``proba``), so a cell
+    below ``threshold`` that is not a seed is Unknown only where the Unknown class reaches it; with ``hard`` (a
+    threshold the user chose) the mapped ones of those cells are Unknown, which makes every one of them Unknown.
+    Returns the class probabilities (reference classes, rows summing to 1 or 0), the confidence (top class
+    probability times the share not given to Unknown), the predicted code and the Unknown mask.
     """
     n = X.shape[0]
     counts, batch, ref_seeds = _expression_graph_input(X, present, batches, sample, sample_codes)
@@ -378,8 +380,9 @@ def refine_on_query(
     full = full[len(ref_seeds) :]
     full[query_seeds >= 0] = np.eye(n_classes + 1)[query_seeds[query_seeds >= 0]]  # seeds keep their call
     mapped = np.zeros((n, n_classes + 1))
-    mapped[:, :n_classes] = proba
-    mapped[low] = np.eye(n_classes + 1)[n_classes]
+    mapped[:, :n_classes] = proba  # a low score alone does not make a cell Unknown: its neighbourhood decides
+    if hard:
+        mapped[low] = np.eye(n_classes + 1)[n_classes]
     full = REFINE_WEIGHT * full + (1 - REFINE_WEIGHT) * mapped
     top = full.argmax(1)
     unknown = (full.sum(1) == 0) | (top == n_classes)

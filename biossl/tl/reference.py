@@ -208,24 +208,26 @@ def map_query(
         share among ``n_neighbors`` and among 50 neighbours (:func:`two_scale_share`): a state of a known
         type that the query holds more of than the reference (a few dozen query-only cells next to
         well-mixed cells of their type) is not scored as a type of its own, while a novel type, query-only
-        at both scales, is. With ``refine`` cells below the threshold seed the Unknown class (``"auto"``: 0.5);
-        without, they are called Unknown (``"auto"``: 0.75). ``uns["biossl"]["map_query"]["reference_mixing"]``
-        records how well the query mixes with the reference in the joint graph
-        (:func:`biossl.graph.batch_mixing`; 1 = as if one data set). Limits (``benchmarks/reference_mapping.py``):
-        a known type far more abundant in the query than in the reference still scores low, and a novel type
-        close to a known one in expression too (naive vs memory CD4 T cells) is hard to tell from it. Lower the
-        threshold when a known type is called Unknown in bulk (the top class of ``obsm["{key_added}_proba"]``
-        still names it); a higher one flags more novel cells.
+        at both scales, is. ``"auto"``: with ``refine``, the lower-scoring half of the cells below 0.5 seed the
+        Unknown class and the refinement settles every call; without, cells below 0.75 are called Unknown. A
+        number calls every cell below it Unknown, with or without ``refine``.
+        ``uns["biossl"]["map_query"]["reference_mixing"]`` records how well the query mixes with the reference
+        in the joint graph (:func:`biossl.graph.batch_mixing`; 1 = as if one data set). Limits
+        (``benchmarks/reference_mapping.py``): a known type far more abundant in the query than in the reference
+        still scores low, and a novel type close to a known one in expression too (naive vs memory CD4 T cells)
+        is hard to tell from it. Lower the threshold when a known type is called Unknown in bulk (the top class of
+        ``obsm["{key_added}_proba"]`` still names it); a higher one flags more novel cells.
     refine
         Settle the calls on an expression graph: a PCA of the counts of the query and of the reference's sample of
         labelled cells (:attr:`Reference.sample`; genes scaled per batch when batches do not mix). The sample's
         labels, the more confident half of each predicted class among query cells whose mapping score reaches
         ``mapping_threshold``, and the lower-scoring half of the cells below it, as an "Unknown" class, are
         propagated over that graph as in :func:`biossl.tl.annotate`, and the result is averaged with the mapped
-        probabilities (cells below the threshold counting as Unknown there). References saved without a sample
-        use the query's own graph. Under a strong shift (another technology or species) the frozen model aligns
-        the query only roughly; expression neighbourhoods then carry the calls, and an Unknown call needs a region
-        of the query, not a single low score (``benchmarks/strong_batch.py``). Skipped for queries under 30 cells.
+        probabilities (with a numeric ``mapping_threshold``, cells below it count as Unknown there). References
+        saved without a sample use the query's own graph. Under a strong shift (another technology or species) the
+        frozen model aligns the query only roughly; expression neighbourhoods then carry the calls, and an Unknown
+        call needs a region of the query, not a single low score (``benchmarks/strong_batch.py``). Skipped for
+        queries under 30 cells.
     fine_tune_steps
         Training steps for new batch columns (0 embeds new batches as the average of known ones).
     min_overlap
@@ -363,6 +365,7 @@ class _QueryMapping:
     def settle(self, mapping_threshold: float | str, *, refine: bool, unknown_threshold: float | None) -> None:
         """The calls: refined on the query's own graph (or thresholded on the mapping score), then Unknown."""
         self.refine = refine and self.latent.shape[0] >= REFINE_MIN_CELLS
+        hard = mapping_threshold != "auto"  # a threshold the user gave calls every cell below it Unknown
         if mapping_threshold == "auto":
             mapping_threshold = REFINE_MAPPING_THRESHOLD if self.refine else AUTO_MAPPING_THRESHOLD
         self.mapping_threshold, self.unknown_threshold = mapping_threshold, unknown_threshold
@@ -370,7 +373,7 @@ class _QueryMapping:
             self.proba, self.confidence, self.pred, unknown = refine_on_query(
                 self.X, self.present, self.codes, self.proba, self.pred, self.confidence, self.mapping_score,
                 mapping_threshold, len(self.reference.classes), self.k, self.alpha, self.seed,
-                sample=self.reference.sample, sample_codes=self.reference.codes,
+                sample=self.reference.sample, sample_codes=self.reference.codes, hard=hard,
             )  # fmt: skip
         else:
             unknown = (self.pred < 0) | (self.mapping_score < mapping_threshold)
