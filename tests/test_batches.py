@@ -22,20 +22,26 @@ def _two_technologies(adata: AnnData, seed: int = 0) -> AnnData:
     The recipe of ../shared/data/strong_batch (gene factor exp(N(0, 1))), applied to the shipped pbmc3k.
     """
     rng = np.random.default_rng(seed)
-    X = sp.csr_matrix(adata.X, dtype=np.float64)
     shift = rng.random(adata.n_obs) < 0.5
     factor = np.exp(rng.normal(0.0, 1.0, adata.n_vars)) * 0.5
     factor[rng.random(adata.n_vars) < 0.2] = 0.0
-    B = X[shift].tocoo()
-    B.data = rng.poisson(B.data * factor[B.col]).astype(np.float64)
-    X = X.tolil()
-    X[np.flatnonzero(shift)] = sp.csr_matrix(B)
-    X = sp.csr_matrix(X, dtype=np.float32)
-    X.eliminate_zeros()
+    X = _resampled(adata.X, np.flatnonzero(shift), factor, rng)
     out = AnnData(X=X, obs=adata.obs[["cell_type"]].copy(), var=adata.var[[]].copy())
     out.obs["batch"] = pd.Categorical(np.where(shift, "tech_B", "tech_A"))
     keep = np.asarray(X.sum(1)).ravel() > 0
     return out[keep].copy()
+
+
+def _resampled(X, rows: np.ndarray, factor: np.ndarray, rng: np.random.Generator) -> sp.csr_matrix:
+    """``X`` (float32 CSR) with the counts of ``rows`` re-sampled as Poisson(count × ``factor`` of their gene)."""
+    X = sp.csr_matrix(X, dtype=np.float64)
+    B = X[rows].tocoo()
+    B.data = rng.poisson(B.data * factor[B.col]).astype(np.float64)
+    X = X.tolil()
+    X[rows] = sp.csr_matrix(B)
+    X = sp.csr_matrix(X, dtype=np.float32)
+    X.eliminate_zeros()
+    return X
 
 
 @pytest.fixture(scope="module")
@@ -197,13 +203,7 @@ def test_map_query_keeps_a_known_type_known_when_it_alone_shifts(_strong):
     is_b = (data.obs["batch"] == "tech_B").to_numpy()
     truth = data.obs["cell_type"].astype(str).to_numpy()
     rows = np.flatnonzero(is_b & (truth == "CD14+ Mono"))
-    X = sp.csr_matrix(data.X, dtype=np.float64).tolil()
-    shifted = sp.csr_matrix(X[rows]).tocoo()
-    factor = np.exp(rng.normal(0.0, 0.8, data.n_vars))
-    shifted.data = rng.poisson(shifted.data * factor[shifted.col]).astype(np.float64)
-    X[rows] = sp.csr_matrix(shifted)
-    data.X = sp.csr_matrix(X, dtype=np.float32)
-    data.X.eliminate_zeros()
+    data.X = _resampled(data.X, rows, np.exp(rng.normal(0.0, 0.8, data.n_vars)), rng)
     reference = biossl.tl.fit_reference(data[~is_b].copy(), "cell_type", batch_key="batch", max_steps=1000,
                                         progress=False)  # fmt: skip
     query = data[is_b].copy()
