@@ -48,7 +48,7 @@ def test_map_gives_the_labels_of_annotate_reference(refdir, query, tmp_path):
     assert (a.obs["biossl_label"].astype(str) == b.obs["biossl_label"].astype(str)).all()
     np.testing.assert_array_equal(a.obs["biossl_confidence"], b.obs["biossl_confidence"])
     np.testing.assert_array_equal(a.obs["biossl_mapping_score"], b.obs["biossl_mapping_score"])
-    assert a.uns["biossl"]["map_query"]["mapping_threshold"] == 0.6
+    assert a.uns["biossl"]["map_query"]["mapping_threshold"] == 0.6 and a.uns["biossl"]["map_query"]["hard_threshold"]
 
 
 def test_map_help_lists_its_options():

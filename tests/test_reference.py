@@ -422,6 +422,7 @@ def test_cli_fit_reference_and_annotate_with_it(halves, tmp_path):
     assert "biossl_mapping_score" in annotated.obs
     score = annotated.obs["biossl_mapping_score"].to_numpy()
     assert annotated.uns["biossl"]["map_query"]["mapping_threshold"] == AUTO_REFINED
+    assert not annotated.uns["biossl"]["map_query"]["hard_threshold"]  # "auto": the refinement settles the calls
     # --mapping-threshold moves the Unknown call: above every score, every cell is Unknown; at 0, none is
     for threshold, expect_unknown in ((float(score.max()) + 0.01, True), (0.0, False)):
         path = tmp_path / f"out_{threshold:.2f}.h5ad"

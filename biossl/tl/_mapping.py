@@ -347,10 +347,14 @@ def refine_on_query(
     batch when batches do not mix) and, with a reference ``sample`` (:func:`biossl.tl._reference.expression_sample`;
     labels: ``sample_codes`` at its rows), of the sampled reference cells' counts too, each reference batch a batch
     of its own. Seeds: the reference cells with their labels; per predicted class, the more confident half of its
-    query cells whose score reaches ``threshold``; and the lower-scoring half of the query cells below it, as class
-    ``n_classes`` (Unknown). The propagated probabilities are averaged with the mapped ones (``proba``), so a cell
-    below ``threshold`` that is not a seed is Unknown only where the Unknown class reaches it; with ``hard`` (a
-    threshold the user chose) the mapped ones of those cells are Unknown, which makes every one of them Unknown.
+    query cells whose score reaches ``threshold`` and whose class the reference sample's labels, spread over this
+    graph alone, give too (all such cells of the class when none of them agrees: a class the expression graph
+    cannot reach keeps its seeds); and the lower-scoring half of the query cells below ``threshold``, as class
+    ``n_classes`` (Unknown). The agreement keeps a class that the mapping gives to part of another (monocytes
+    shifted onto dendritic cells) from seeding that error. The propagated probabilities are averaged with the
+    mapped ones (``proba``), so a cell below ``threshold`` that is not a seed is Unknown only where the Unknown
+    class reaches it; with ``hard`` (a threshold the user chose) the mapped ones of those cells are Unknown, which
+    makes every one of them Unknown.
     Returns the class probabilities (reference classes, rows summing to 1 or 0), the confidence (top class
     probability times the share not given to Unknown), the predicted code and the Unknown mask.
     """
@@ -361,8 +365,11 @@ def refine_on_query(
     W = graph.gaussian_affinity(idx, dist)
     query_seeds = np.full(n, -1, dtype=np.int64)
     low = score < threshold
+    graph_pred = _reference_only_calls(W, latent, ref_seeds, n, alpha)
     for c in np.unique(pred[(pred >= 0) & ~low]):
-        members = np.flatnonzero((pred == c) & ~low)
+        candidates = (pred == c) & ~low
+        agreeing = candidates & (graph_pred == c)  # a mapped call the expression graph does not share seeds nothing
+        members = np.flatnonzero(agreeing if agreeing.any() else candidates)  # unless none of the class agrees
         n_seeds = max(1, int(len(members) * REFINE_SEED_FRACTION))
         query_seeds[members[np.argsort(-confidence[members], kind="stable")[:n_seeds]]] = c
     low_cells = np.flatnonzero(low)
@@ -390,6 +397,19 @@ def refine_on_query(
     proba, top_known, pred = normalise_rows(known)
     confidence = top_known * known.sum(1) / np.maximum(full.sum(1), 1e-12)
     return proba, confidence, pred, unknown | (pred < 0)
+
+
+def _reference_only_calls(W, latent: np.ndarray, ref_seeds: np.ndarray, n: int, alpha: float) -> np.ndarray:
+    """The query cells' classes from the reference sample's labels alone, spread over the expression graph ``W``.
+
+    -1 for every cell without a reference sample (or with one class only): no call to agree with.
+    """
+    used = np.unique(ref_seeds)
+    if len(used) < 2:
+        return np.full(n, -1, dtype=np.int64)
+    codes = np.concatenate([np.searchsorted(used, ref_seeds), np.full(n, -1, dtype=np.int64)])
+    predict = annotation_predictor(W, len(used), alpha=alpha, rep=latent.astype(np.float64), class_prior="estimate")
+    return used[predict(codes)[len(ref_seeds) :].argmax(1)]
 
 
 def _expression_graph_input(X, present, batches, sample: dict | None, sample_codes: np.ndarray | None):

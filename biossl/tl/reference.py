@@ -210,9 +210,10 @@ def map_query(
         well-mixed cells of their type) is not scored as a type of its own, while a novel type, query-only
         at both scales, is. ``"auto"``: with ``refine``, the lower-scoring half of the cells below 0.5 seed the
         Unknown class and the refinement settles every call; without, cells below 0.75 are called Unknown. A
-        number calls every cell below it Unknown, with or without ``refine``.
-        ``uns["biossl"]["map_query"]["reference_mixing"]`` records how well the query mixes with the reference
-        in the joint graph (:func:`biossl.graph.batch_mixing`; 1 = as if one data set). Limits
+        number calls every cell below it Unknown, with or without ``refine`` (``uns["biossl"]["map_query"]
+        ["hard_threshold"]`` is then True). ``uns["biossl"]["map_query"]["reference_mixing"]`` records how well
+        the query mixes with the reference in the joint graph (:func:`biossl.graph.batch_mixing`; 1 = as if one
+        data set). Limits
         (``benchmarks/reference_mapping.py``): a known type far more abundant in the query than in the reference
         still scores low, and a novel type close to a known one in expression too (naive vs memory CD4 T cells)
         is hard to tell from it. Lower the threshold when a known type is called Unknown in bulk (the top class of
@@ -221,7 +222,9 @@ def map_query(
         Settle the calls on an expression graph: a PCA of the counts of the query and of the reference's sample of
         labelled cells (:attr:`Reference.sample`; genes scaled per batch when batches do not mix). The sample's
         labels, the more confident half of each predicted class among query cells whose mapping score reaches
-        ``mapping_threshold``, and the lower-scoring half of the cells below it, as an "Unknown" class, are
+        ``mapping_threshold`` and whose class the sample's labels alone, spread over that graph, give too (so a
+        mapping that puts part of one type onto another does not seed its error), and the lower-scoring half of
+        the cells below it, as an "Unknown" class, are
         propagated over that graph as in :func:`biossl.tl.annotate`, and the result is averaged with the mapped
         probabilities (with a numeric ``mapping_threshold``, cells below it count as Unknown there). References
         saved without a sample use the query's own graph. Under a strong shift (another technology or species) the
@@ -365,7 +368,7 @@ class _QueryMapping:
     def settle(self, mapping_threshold: float | str, *, refine: bool, unknown_threshold: float | None) -> None:
         """The calls: refined on the query's own graph (or thresholded on the mapping score), then Unknown."""
         self.refine = refine and self.latent.shape[0] >= REFINE_MIN_CELLS
-        hard = mapping_threshold != "auto"  # a threshold the user gave calls every cell below it Unknown
+        self.hard = hard = mapping_threshold != "auto"  # a threshold the user gave calls every cell below it Unknown
         if mapping_threshold == "auto":
             mapping_threshold = REFINE_MAPPING_THRESHOLD if self.refine else AUTO_MAPPING_THRESHOLD
         self.mapping_threshold, self.unknown_threshold = mapping_threshold, unknown_threshold
@@ -400,6 +403,7 @@ class _QueryMapping:
                 "n_neighbors": self.k,
                 "alpha": self.alpha,
                 "mapping_threshold": self.mapping_threshold,
+                "hard_threshold": self.hard,
                 "refine": self.refine,
                 "refine_reference_cells": len(sample["index"]) if self.refine and sample is not None else 0,
                 "reference_mixing": self.mixing,
