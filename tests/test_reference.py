@@ -340,15 +340,16 @@ def test_plates_to_other_protocols_cellbench():
     # reference: the three 5-line CEL-seq2 plates; query: the 3-line CEL-seq2 plate and Drop-seq, whose cells
     # have almost no reference cell among their 15 neighbours. With the local share weighed as elsewhere, HCC827
     # cells were called Unknown although they are a reference type: 3% of the query with the default 3000-step
-    # budget (macro-F1 0.98; now 0.2%, 0.999). A 1000-step reference is not used here: with the expression part
-    # of the score it leaves 1.3-2.2% of the query Unknown from one run to the next (HCC827 of the 3-line plate).
+    # budget (macro-F1 0.98). A 1000-step reference left 1.3-2.2% Unknown until the refinement's seeds had to
+    # agree with the expression graph; since then 0% and macro-F1 1.000 for seeds 0-2 (0.2% with the local
+    # share weighed as elsewhere, which test_poorly_mixed_batch_weighs_the_local_share_less checks directly)
     data = ad.read_h5ad(CELLBENCH)
     is_ref = data.obs["batch"].astype(str).str.contains("5cl").to_numpy()
     ref, query = data[is_ref].copy(), data[~is_ref].copy()
-    reference = biossl.tl.fit_reference(ref, "cell_type", batch_key="batch", progress=False)
+    reference = biossl.tl.fit_reference(ref, "cell_type", batch_key="batch", max_steps=1000, progress=False)
     biossl.tl.map_query(query, reference, batch_key="batch", progress=False)
     assert sorted(query.uns["biossl"]["map_query"]["new_batches"]) == ["sc_celseq2", "sc_dropseq"]
-    assert (query.obs["biossl_label"] == "Unknown").mean() < 0.02
+    assert (query.obs["biossl_label"] == "Unknown").mean() < 0.01
     assert macro_f1(query.obs["cell_type"], query.obs["biossl_label"]) > 0.99
 
 
