@@ -11,10 +11,18 @@ __all__ = ["annotation", "budget_curve", "gene_function_roc", "reliability", "su
 
 
 def _umap(adata: AnnData, neighbors_key: str) -> np.ndarray:
-    """``obsm["X_umap"]``, computed from the biossl graph when missing (written into ``adata``)."""
+    """``obsm["X_umap"]``, computed from the biossl graph when missing (written into ``adata``).
+
+    A query mapped by :func:`biossl.tl.map_query` has its latent but no graph: the graph is built on it first
+    (:func:`biossl.tl.neighbors`, written into ``adata`` too).
+    """
     if "X_umap" not in adata.obsm:
         import scanpy as sc
 
+        if f"{neighbors_key}_neighbors" not in adata.uns and neighbors_key == "biossl" and "X_biossl" in adata.obsm:
+            from .tl import neighbors
+
+            neighbors(adata)
         if f"{neighbors_key}_neighbors" not in adata.uns:
             raise ValueError(f"no uns[{neighbors_key + '_neighbors'!r}]; run biossl.tl.neighbors(adata) first.")
         sc.tl.umap(adata, neighbors_key=f"{neighbors_key}_neighbors", random_state=0)
@@ -38,7 +46,9 @@ def annotation(
     key
         Prefix used by ``annotate`` (reads ``obs["{key}_label"]`` and ``obs["{key}_confidence"]``).
     neighbors_key
-        Graph used to compute ``obsm["X_umap"]`` when it is missing.
+        Graph used to compute ``obsm["X_umap"]`` when it is missing. A query annotated by
+        :func:`biossl.tl.map_query` has no graph yet: with the default key it is built on ``obsm["X_biossl"]``
+        (:func:`biossl.tl.neighbors`) and written into ``adata``.
     save
         Write the figure to this path (PNG, PDF, SVG by extension), atomically.
     show

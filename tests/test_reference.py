@@ -82,6 +82,22 @@ def test_map_query_keys_and_accuracy(mapped, reference, tmp_path):
     assert back.uns["biossl"]["gene_overlap"]["n_matched"] == len(reference.model.genes)
 
 
+def test_mapped_query_gets_its_plot_and_report(mapped, tmp_path):
+    # map_query writes the query's latent but no graph; the UMAP (biossl summarize, biossl report, pl.annotation)
+    # builds one on the latent instead of refusing the file
+    import matplotlib.pyplot as plt
+
+    from biossl.report import write_report
+
+    query = mapped.copy()
+    assert "biossl_neighbors" not in query.uns
+    plt.close(biossl.pl.annotation(query, show=False))
+    assert query.uns["biossl_neighbors"]["params"]["use_rep"] == "X_biossl"
+    assert query.obsm["X_umap"].shape == (query.n_obs, 2)
+    write_report(mapped.copy(), tmp_path / "report.html", truth_key="cell_type")
+    assert "Predicted types" in (tmp_path / "report.html").read_text()
+
+
 def test_saved_reference_gives_identical_predictions_in_a_fresh_process(reference_dir, mapped, halves, tmp_path):
     query_path = tmp_path / "query.h5ad"
     halves[1].write_h5ad(query_path)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
@@ -105,6 +106,41 @@ def test_large_inputs_are_read_backed(samples, tmp_path, limit, backed):
     assert len(planned) == 4 and all(("--backed" in c) is backed for c in planned), planned
 
 
+def test_samples_are_mapped_onto_a_reference(samples, tmp_path):
+    """With map.reference, each sample is mapped onto it (no embed job, no labels_key needed), then reported."""
+    from click.testing import CliRunner
+
+    from biossl.cli import main
+
+    refdir = tmp_path / "ref"
+    args = ["fit-reference", str(samples["donor_a"]), "--labels-key", "cell_type", "-o", str(refdir)]
+    result = CliRunner().invoke(main, [*args, "--max-steps", "60"])
+    assert result.exit_code == 0, result.output
+    config = write_config(
+        tmp_path / "config.yaml", samples={"donor_b": str(samples["donor_b"])}, truth_key="cell_type",
+        map={"reference": str(refdir), "mapping_threshold": 0.2, "fine_tune_steps": 20},
+    )  # fmt: skip
+    plan = snakemake(tmp_path, "-n", "-p", "--cores", "2", configfile=config)
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    commands = [
+        line.split("Shell command:", 1)[1].split()
+        for line in plan.stdout.splitlines()
+        if "Shell command: biossl " in line
+    ]
+    assert [c[1] for c in commands] == ["annotate", "summarize"], commands  # and the aggregate, in a subshell
+    assert not any(line.split()[:1] == ["embed"] for line in plan.stdout.splitlines()), "embed was planned"
+    annotate = commands[0]
+    assert annotate[annotate.index("--reference") + 1] == str(refdir) and "--labels-key" not in annotate
+    assert annotate[annotate.index("--mapping-threshold") + 1] == "0.2"
+    assert annotate[annotate.index("--max-steps") + 1] == "20"
+    proc = snakemake(tmp_path, "--cores", "2", configfile=config)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    mapped = ad.read_h5ad(tmp_path / "results" / "donor_b" / "annotated.h5ad")
+    assert mapped.uns["biossl"]["map_query"]["hard_threshold"] and "biossl_mapping_score" in mapped.obs
+    summary = pd.read_csv(tmp_path / "results" / "summary.tsv", sep="\t")
+    assert summary["sample"].tolist() == ["donor_b"]
+
+
 @pytest.mark.parametrize(
     ("entries", "needle"),
     [
@@ -112,8 +148,10 @@ def test_large_inputs_are_read_backed(samples, tmp_path, limit, backed):
         ({"samples": {"a": "a.h5ad"}, "labels_key": "labels", "embed": {"modle": "vae"}}, "modle"),
         ({"samples": {"a": "a.h5ad"}, "labels_key": "labels", "annotate": {"unknown_threshold": 2}}, "maximum"),
         ({"samples": {}, "labels_key": "labels"}, "samples"),
+        ({"samples": {"a": "a.h5ad"}, "map": {"reference": None}}, "labels_key"),
+        ({"samples": {"a": "a.h5ad"}, "map": {"reference": "ref", "mapping_threshold": "high"}}, "high"),
     ],
-    ids=["no labels_key", "misspelt option", "threshold > 1", "no samples"],
+    ids=["no labels_key", "misspelt option", "threshold > 1", "no samples", "no labels, no reference", "bad threshold"],
 )
 def test_config_is_validated(tmp_path, entries, needle):
     proc = snakemake(tmp_path, "-n", configfile=write_config(tmp_path / "config.yaml", **entries))
