@@ -133,6 +133,14 @@ def test_samples_are_mapped_onto_a_reference(samples, tmp_path):
     assert annotate[annotate.index("--reference") + 1] == str(refdir) and "--labels-key" not in annotate
     assert annotate[annotate.index("--mapping-threshold") + 1] == "0.2"
     assert annotate[annotate.index("--max-steps") + 1] == "20"
+    (tmp_path / "defaults").mkdir()  # a directory of its own: the Snakefile also reads config.yaml from its workdir
+    defaults = write_config(
+        tmp_path / "defaults" / "config.yaml", samples={"donor_b": str(samples["donor_b"])},
+        map={"reference": str(refdir)},
+    )  # fmt: skip
+    plan = snakemake(tmp_path / "defaults", "-n", "-p", "--cores", "2", configfile=defaults)
+    annotate = next(line for line in plan.stdout.splitlines() if "Shell command: biossl annotate" in line).split()
+    assert "--mapping-threshold" not in annotate and "--max-steps" not in annotate  # map_query's own defaults
     proc = snakemake(tmp_path, "--cores", "2", configfile=config)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     mapped = ad.read_h5ad(tmp_path / "results" / "donor_b" / "annotated.h5ad")
