@@ -32,6 +32,13 @@ def snakemake(workdir: Path, *args: str, configfile: Path | None = None) -> subp
     return subprocess.run([*cmd, *args], capture_output=True, text=True, env=env, cwd=workdir)
 
 
+def planned_commands(proc: subprocess.CompletedProcess) -> list[list[str]]:
+    """The ``biossl`` commands of a dry run with ``-p``, each split into words."""
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = (proc.stdout + proc.stderr).splitlines()
+    return [line.split("Shell command:", 1)[1].split() for line in lines if "Shell command: biossl " in line]
+
+
 def write_config(path: Path, **entries) -> Path:
     path.write_text(yaml.safe_dump(entries))
     return path
@@ -98,10 +105,7 @@ def test_large_inputs_are_read_backed(samples, tmp_path, limit, backed):
         tmp_path / "config.yaml", samples={k: str(v) for k, v in samples.items()}, labels_key="labels",
         backed_above_mb=limit,
     )  # fmt: skip
-    proc = snakemake(tmp_path, "-n", "-p", "--cores", "2", configfile=config)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    lines = (proc.stdout + proc.stderr).splitlines()
-    commands = [line.split("Shell command:", 1)[1].split() for line in lines if "Shell command: biossl " in line]
+    commands = planned_commands(snakemake(tmp_path, "-n", "-p", "--cores", "2", configfile=config))
     planned = [c for c in commands if c[1] in ("embed", "annotate")]
     assert len(planned) == 4 and all(("--backed" in c) is backed for c in planned), planned
 
@@ -121,12 +125,7 @@ def test_samples_are_mapped_onto_a_reference(samples, tmp_path):
         map={"reference": str(refdir), "mapping_threshold": 0.2, "fine_tune_steps": 20},
     )  # fmt: skip
     plan = snakemake(tmp_path, "-n", "-p", "--cores", "2", configfile=config)
-    assert plan.returncode == 0, plan.stdout + plan.stderr
-    commands = [
-        line.split("Shell command:", 1)[1].split()
-        for line in plan.stdout.splitlines()
-        if "Shell command: biossl " in line
-    ]
+    commands = planned_commands(plan)
     assert [c[1] for c in commands] == ["annotate", "summarize"], commands  # and the aggregate, in a subshell
     assert not any(line.split()[:1] == ["embed"] for line in plan.stdout.splitlines()), "embed was planned"
     annotate = commands[0]
@@ -139,7 +138,7 @@ def test_samples_are_mapped_onto_a_reference(samples, tmp_path):
         map={"reference": str(refdir)},
     )  # fmt: skip
     plan = snakemake(tmp_path / "defaults", "-n", "-p", "--cores", "2", configfile=defaults)
-    annotate = next(line for line in plan.stdout.splitlines() if "Shell command: biossl annotate" in line).split()
+    annotate = next(c for c in planned_commands(plan) if c[1] == "annotate")
     assert "--mapping-threshold" not in annotate and "--max-steps" not in annotate  # map_query's own defaults
     proc = snakemake(tmp_path, "--cores", "2", configfile=config)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -363,9 +363,10 @@ def refine_on_query(
     latent, _ = pca_latent(counts, 50, seed, batch=batch, copy=False)  # counts: a column selection, ours
     idx, dist = graph.knn(latent, int(min(k, counts.shape[0] - 1)), seed=seed)
     W = graph.gaussian_affinity(idx, dist)
+    spread = _SeedSpreader(W, latent, alpha)
     query_seeds = np.full(n, -1, dtype=np.int64)
     low = score < threshold
-    graph_pred = _reference_only_calls(W, latent, ref_seeds, n, alpha)
+    graph_pred = _reference_only_calls(spread, ref_seeds, n, n_classes)
     for c in np.unique(pred[(pred >= 0) & ~low]):
         candidates = (pred == c) & ~low
         agreeing = candidates & (graph_pred == c)  # a mapped call the expression graph does not share seeds nothing
@@ -376,15 +377,9 @@ def refine_on_query(
     n_seeds = int(len(low_cells) * REFINE_SEED_FRACTION)
     query_seeds[low_cells[np.argsort(score[low_cells], kind="stable")[:n_seeds]]] = n_classes
     seeds = np.concatenate([ref_seeds, query_seeds])
-    used = np.unique(seeds[seeds >= 0])  # propagate over the classes that have seeds only
-    if len(used) < 2 or (query_seeds < 0).sum() == 0:  # nothing to refine: the mapped calls stand
+    if len(np.unique(seeds[seeds >= 0])) < 2 or (query_seeds < 0).sum() == 0:  # nothing to refine: calls stand
         return proba, confidence, pred, (pred < 0) | low
-    compact = np.searchsorted(used, seeds)
-    compact[seeds < 0] = -1
-    predict = annotation_predictor(W, len(used), alpha=alpha, rep=latent.astype(np.float64), class_prior="estimate")
-    full = np.zeros((len(seeds), n_classes + 1))
-    full[:, used] = predict(compact)
-    full = full[len(ref_seeds) :]
+    full = spread(seeds, n_classes + 1)[len(ref_seeds) :]
     full[query_seeds >= 0] = np.eye(n_classes + 1)[query_seeds[query_seeds >= 0]]  # seeds keep their call
     mapped = np.zeros((n, n_classes + 1))
     mapped[:, :n_classes] = proba  # a low score alone does not make a cell Unknown: its neighbourhood decides
@@ -399,17 +394,38 @@ def refine_on_query(
     return proba, confidence, pred, unknown | (pred < 0)
 
 
-def _reference_only_calls(W, latent: np.ndarray, ref_seeds: np.ndarray, n: int, alpha: float) -> np.ndarray:
-    """The query cells' classes from the reference sample's labels alone, spread over the expression graph ``W``.
+class _SeedSpreader:
+    """The refinement graph's propagation (as ``tl.annotate``: class prior estimated, self-training on ``latent``).
+
+    Called with seeds (a class code per row, -1 = none) and a width, it returns the probabilities of the classes
+    that have seeds in their columns (zeros in the others); every call shares one spreading operator.
+    """
+
+    def __init__(self, W, latent: np.ndarray, alpha: float) -> None:
+        self.W, self.rep, self.alpha = W, latent.astype(np.float64), alpha
+        self.operator = graph.spreading_operator(W, alpha)
+
+    def __call__(self, seeds: np.ndarray, width: int) -> np.ndarray:
+        used = np.unique(seeds[seeds >= 0])  # propagate over the classes that have seeds only
+        compact = np.where(seeds >= 0, np.searchsorted(used, seeds), -1)
+        predict = annotation_predictor(
+            self.W, len(used), alpha=self.alpha, rep=self.rep, class_prior="estimate", operator=self.operator
+        )
+        out = np.zeros((len(seeds), width))
+        out[:, used] = predict(compact)
+        return out
+
+
+def _reference_only_calls(spread: _SeedSpreader, ref_seeds: np.ndarray, n: int, n_classes: int) -> np.ndarray:
+    """The query cells' classes from the reference sample's labels alone, spread over the expression graph.
 
     -1 for every cell without a reference sample (or with one class only): no call to agree with.
     """
     used = np.unique(ref_seeds)
     if len(used) < 2:
         return np.full(n, -1, dtype=np.int64)
-    codes = np.concatenate([np.searchsorted(used, ref_seeds), np.full(n, -1, dtype=np.int64)])
-    predict = annotation_predictor(W, len(used), alpha=alpha, rep=latent.astype(np.float64), class_prior="estimate")
-    return used[predict(codes)[len(ref_seeds) :].argmax(1)]
+    seeds = np.concatenate([ref_seeds, np.full(n, -1, dtype=np.int64)])
+    return used[spread(seeds, n_classes)[len(ref_seeds) :, used].argmax(1)]
 
 
 def _expression_graph_input(X, present, batches, sample: dict | None, sample_codes: np.ndarray | None):

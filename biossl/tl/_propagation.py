@@ -125,14 +125,16 @@ def class_balanced_seeds(codes: np.ndarray, n_classes: int) -> np.ndarray:
 
 
 def annotation_predictor(
-    W: sp.csr_matrix, n_classes: int, *, alpha: float, rep: np.ndarray | None, class_prior: str = "uniform"
-) -> AnnotationPredictor:
+    W: sp.csr_matrix, n_classes: int, *, alpha: float, rep: np.ndarray | None, class_prior: str = "uniform",
+    operator: graph.SpreadingOperator | None = None,
+) -> AnnotationPredictor:  # fmt: skip
     """The probabilities ``tl.annotate`` computes, as a function of the label codes (-1 = unlabelled).
 
     Propagation on ``W``, then self-training on ``rep`` when it is given. The graph's spreading operator is
-    built once for all calls (the calibration folds of :func:`biossl.tl.calibrate.calibrate_annotation`).
+    built once for all calls (the calibration folds of :func:`biossl.tl.calibrate.calibrate_annotation`), or
+    given as ``operator`` (``graph.spreading_operator(W, alpha)``) when several predictors share the graph.
     """
-    return AnnotationPredictor(W, n_classes, alpha=alpha, rep=rep, class_prior=class_prior)
+    return AnnotationPredictor(W, n_classes, alpha=alpha, rep=rep, class_prior=class_prior, operator=operator)
 
 
 SOLVE_TOL = 1e-6  # relative residual of the annotation's propagation solves
@@ -153,9 +155,13 @@ class AnnotationPredictor:
     the held-out cells; the labels and the probabilities that are written come from the float64 solve.
     """
 
-    def __init__(self, W: sp.csr_matrix, n_classes: int, *, alpha: float, rep: np.ndarray | None, class_prior: str):
+    def __init__(
+        self, W: sp.csr_matrix, n_classes: int, *, alpha: float, rep: np.ndarray | None, class_prior: str,
+        operator: graph.SpreadingOperator | None = None,
+    ):  # fmt: skip
         self.W, self.n_classes, self.alpha, self.rep, self.class_prior = W, n_classes, alpha, rep, class_prior
-        self._operator = graph.spreading_operator(W, alpha)  # one held at a time (10^6 cells: ~0.3 GB in float64)
+        # one held at a time (10^6 cells: ~0.3 GB in float64)
+        self._operator = graph.spreading_operator(W, alpha) if operator is None else operator
         self._init: dict = {}  # the first self-training fit starts the later ones (folds: a few labels fewer)
 
     def __call__(self, codes: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
