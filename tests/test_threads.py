@@ -181,3 +181,34 @@ def test_omp_num_threads_holds_after_scanpy_changes_openmp():
     )
     assert proc.returncode == 0, proc.stderr[-800:]
     assert proc.stdout.strip() == "True"
+
+
+_SAME_AFTER_A_LIMIT = """
+import torch  # loaded before the block, as in a session that ran `biossl annotate` in-process after using torch
+import numpy as np, biossl
+from biossl._threads import limit_threads
+adata = biossl.datasets.pbmc()[:600].copy()
+latents = []
+for _ in range(2):
+    run = adata.copy()
+    biossl.tl.embed(run, model="vae", max_steps=60, device="cpu", progress=False)
+    latents.append(run.obsm["X_biossl"])
+    with limit_threads(2, chosen=False):  # what every CLI command enters
+        pass
+print(np.array_equal(*latents), torch.get_num_threads())
+"""
+
+
+def test_a_thread_limit_leaves_torch_as_it_found_it():
+    """After a ``limit_threads`` block, torch runs on the threads it reports: a second fit gives the same latent.
+
+    torch's count used to be read inside threadpoolctl's limit, which had already raised OpenMP's: the block then
+    "restored" torch to its own count while torch reported the old one, and the next fit (under
+    ``OMP_NUM_THREADS=1``) ran its matrix products on two threads, its latent 0.2 away from the first.
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", _SAME_AFTER_A_LIMIT], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-800:]
+    assert proc.stdout.split() == ["True", "1"]
