@@ -84,6 +84,9 @@ def test_limit_threads_applies_and_restores_torch_blas_and_numba():
     import torch
     from threadpoolctl import threadpool_info
 
+    # numba's first call starts its OpenMP pool, which resets the count torch reports (2 here under
+    # OMP_NUM_THREADS=1): start it before reading torch's, or "before" describes a state already gone
+    numba.get_num_threads()
     before = (torch.get_num_threads(), numba.get_num_threads(), [i["num_threads"] for i in threadpool_info()])
     env_before = os.environ.get("OMP_NUM_THREADS")
     with limit_threads(1):
