@@ -3,8 +3,9 @@
     .venv-bench/bin/python benchmarks/strong_batch.py [--datasets ...] [--methods ...] [--seeds ...]
 
 Data: ../shared/data/strong_batch/ (real counts, a second "technology" re-sampled with a gene-wise capture
-factor, half the depth and 20% of genes absent; see its README). Settings, macro-F1 on tech_B over the types
-that the labelled cells have ("Unknown" counts as a miss):
+factor, half the depth and 20% of genes absent; see its README), and check sets from benchmarks/divergent.py
+(``*_divergent``; ``*_species_like``: a larger factor per gene and cell type, a smaller one per gene).
+Settings, macro-F1 on tech_B over the types that the labelled cells have ("Unknown" counts as a miss):
 
 - ``A_to_B``: every tech_A cell labelled, tech_B annotated.
 - ``3_per_type``: 3 labelled cells per type drawn over both batches (``biossl.metrics.fewlabel_split``, seeds
@@ -50,7 +51,11 @@ DATASETS = {  # name: (file, type held out of tech_A for the novel setting)
     # check sets with shifts per gene and cell type, a skewed composition and noisier counts (benchmarks/divergent.py)
     "pbmc3k_divergent": (None, "B"),
     "baron_mouse_divergent": (None, "endothelial"),
+    # the same generator closer to species: a larger factor per gene and cell type, a smaller one per gene
+    "pbmc3k_species_like": (None, "B"),
+    "baron_mouse_species_like": (None, "endothelial"),
 }
+SPECIES_LIKE = {"type_sigma": 1.0, "gene_sigma": 0.5}
 SETTINGS = ("A_to_B", "3_per_type", "novel")
 SEEDS = (0, 1, 2, 3, 4)
 BATCH, LABELS = "batch", "cell_type"
@@ -63,8 +68,9 @@ def _load(name):
     if DATASETS[name][0] is None:
         import divergent
 
-        source, shift_batch = divergent.SOURCES[name]
-        adata = divergent.divergent(ad.read_h5ad(source), shift_batch, seed=0)
+        species_like = name.endswith("_species_like")
+        source, shift_batch = divergent.SOURCES[name.replace("_species_like", "_divergent")]
+        adata = divergent.divergent(ad.read_h5ad(source), shift_batch, seed=0, **(SPECIES_LIKE if species_like else {}))
     else:
         adata = ad.read_h5ad(SHARED / DATASETS[name][0])
     adata.X = adata.X.astype(np.float32)
