@@ -162,6 +162,14 @@ def test_training_keeps_torch_threads_the_user_chose(torch_two_threads, monkeypa
             assert n == torch.get_num_threads() == 2
 
 
+def _run_under_one_omp_thread(script: str) -> str:
+    """Run ``script`` in a fresh Python process under ``OMP_NUM_THREADS=1``; its stdout (it must succeed)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-800:]
+    return proc.stdout
+
+
 _SAME_AFTER_SCANPY = """
 import numpy as np, scipy.sparse as sp, biossl
 from biossl.tl._pca import log_normalise
@@ -178,12 +186,7 @@ print(np.array_equal(*latents))
 
 def test_omp_num_threads_holds_after_scanpy_changes_openmp():
     """With OMP_NUM_THREADS set, a second fit in the same process (after scanpy's numba) gives the same latent."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-c", _SAME_AFTER_SCANPY], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stderr[-800:]
-    assert proc.stdout.strip() == "True"
+    assert _run_under_one_omp_thread(_SAME_AFTER_SCANPY).strip() == "True"
 
 
 _SAME_AFTER_A_LIMIT = """
@@ -209,9 +212,4 @@ def test_a_thread_limit_leaves_torch_as_it_found_it():
     "restored" torch to its own count while torch reported the old one, and the next fit (under
     ``OMP_NUM_THREADS=1``) ran its matrix products on two threads, its latent 0.2 away from the first.
     """
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-c", _SAME_AFTER_A_LIMIT], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stderr[-800:]
-    assert proc.stdout.split() == ["True", "1"]
+    assert _run_under_one_omp_thread(_SAME_AFTER_A_LIMIT).split() == ["True", "1"]
