@@ -122,12 +122,11 @@ def limit_threads(n: int | None, *, torch: bool | None = None, chosen: bool = Tr
             # torch's count is read, and restored last, outside threadpoolctl's limit: torch reports OpenMP's
             # count, which threadpoolctl has already changed inside it (reading it there restored torch to the
             # block's count while reporting the old one, and a later fit ran on more threads than it said)
+            _torch = None
             if torch or (torch is None and "torch" in sys.modules):
                 import torch as _torch
 
                 stack.callback(_torch.set_num_threads, _torch.get_num_threads())
-            else:
-                _torch = None
             with contextlib.suppress(ImportError):
                 from threadpoolctl import threadpool_limits
 
