@@ -1,6 +1,7 @@
 """Reference → query mapping: save/load, gene alignment, cross-technology mapping, novel types, CLI."""
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from sklearn.metrics import f1_score, roc_auc_score
 
 import biossl
 from biossl.cli import main
+from biossl.cli._common import cli_message
 from biossl.tl._reference import SAMPLE_PER_CLASS
 from biossl.tl.reference import AUTO_MAPPING_THRESHOLD as AUTO
 from biossl.tl.reference import REFINE_MAPPING_THRESHOLD as AUTO_REFINED
@@ -164,6 +166,25 @@ def test_held_out_type_is_called_unknown(halves):
     assert called[novel].mean() > 0.5, "most B cells (absent from the reference) should be Unknown"
     assert called[~novel].mean() < 0.1, "known types should rarely be Unknown"
     assert roc_auc_score(novel, -score) > 0.85
+
+
+def test_many_unknown_calls_warn_with_what_to_try(halves, reference, caplog):
+    # a threshold of 0 calls no cell Unknown: no warning; one above every score calls all of them: one warning,
+    # naming the share and what to try (a strong shift can push known types below the threshold)
+    for threshold, share in ((0.0, 0.0), (1e6, 1.0)):
+        query = halves[1].copy()
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="biossl"):
+            biossl.tl.map_query(query, reference, mapping_threshold=threshold, progress=False)
+        assert (query.obs["biossl_label"] == "Unknown").mean() == share
+        warned = [r.getMessage() for r in caplog.records if "called Unknown" in r.getMessage()]
+        if share == 0.0:
+            assert warned == []
+        else:
+            assert len(warned) == 1 and warned[0].startswith("map_query: 100% of the query called Unknown")
+            assert "mapping_threshold=" in warned[0] and "batch_key=" in warned[0] and "\n" not in warned[0]
+            cli = cli_message(warned[0])  # the CLI names its options and command instead
+            assert "lower --mapping-threshold," in cli and "--batch-key (`biossl annotate` on one file" in cli
 
 
 def test_held_out_sibling_type_ranks_as_novel(halves):

@@ -78,6 +78,7 @@ _CLI_PHRASES = (
     ("tl.embed(save_model=...)", "`biossl embed --save-model DIR`"),
     ("Pass model= (e.g. the one saved by", "Pass --model DIR (e.g. the one saved by"),
     ("; see uns['biossl_genes']['unknown_genes'].", "; the score table has no rows for them."),
+    ("(the pooled path of biossl.tl.annotate)", "(`biossl annotate` on one file holding both)"),
 )
 _CLI_NAMES = (
     "layer", "batch_key", "labels_key", "gene_key", "n_neighbors", "n_latent", "max_steps", "device", "model",

@@ -24,6 +24,7 @@ from ._mapping import (
     MAPPING_NEIGHBORS,
     REFINE_MAPPING_THRESHOLD,
     REFINE_MIN_CELLS,
+    UNKNOWN_WARN_SHARE,
     WIDE_SHARE_NEIGHBORS,
     calibrate_mapping,
     class_profiles,
@@ -217,7 +218,8 @@ def map_query(
         (``benchmarks/reference_mapping.py``): a known type far more abundant in the query than in the reference
         still scores low, and a novel type close to a known one in expression too (naive vs memory CD4 T cells)
         is hard to tell from it. Lower the threshold when a known type is called Unknown in bulk (the top class of
-        ``obsm["{key_added}_proba"]`` still names it); a higher one flags more novel cells.
+        ``obsm["{key_added}_proba"]`` still names it; a warning is logged when more than 10% of the query is
+        Unknown); a higher one flags more novel cells.
     refine
         Settle the calls on an expression graph: a PCA of the counts of the query and of the reference's sample of
         labelled cells (:attr:`Reference.sample`; genes scaled per batch when batches do not mix). The sample's
@@ -421,3 +423,12 @@ class _QueryMapping:
             "map_query: %d of %d model genes matched; %d cells, %d Unknown",
             self.overlap["n_matched"], self.overlap["n_model_genes"], adata.n_obs, n_unknown,
         )  # fmt: skip
+        if n_unknown > UNKNOWN_WARN_SHARE * adata.n_obs:
+            logger.warning(
+                "map_query: %.0f%% of the query called Unknown (query-reference mixing %.2f). Types the reference "
+                "lacks are Unknown by design; if known types are among them (the top class of obsm[%r] names "
+                "them), a strong shift such as another technology or species may have lowered their mapping "
+                "scores: pass a lower mapping_threshold=, or annotate reference and query as one data set with "
+                "their batches as batch_key= (the pooled path of biossl.tl.annotate).",
+                100 * n_unknown / max(adata.n_obs, 1), self.mixing, f"{key_added}_proba",
+            )  # fmt: skip
