@@ -94,7 +94,10 @@ def embed(
         between technologies, labs or species. ``"none"``: one scaling over all cells. ``"auto"`` (default):
         build the pooled PCA (of a seeded sample of 20,000 cells on larger data), measure how well the batches mix
         among each cell's 15 nearest neighbours (:func:`biossl.graph.batch_mixing`), and scale per batch when the
-        mixing score is below ``biossl.graph.MIXING_MIN`` (labels could not cross such a graph); the scores and the
+        mixing score is below ``biossl.graph.MIXING_MIN`` (labels could not cross such a graph). With more than two
+        batches the weakest split of them into two groups counts too (donors that mix within each of two
+        technologies that do not), and scaling is kept for such a split only if it lifts the split's score above
+        the gate (cellbench's two designs, which differ in their cell lines, stay unscaled). The scores and the
         choice are recorded.
     copy
         {copy}

@@ -352,12 +352,13 @@ def refine_on_query(
     of its own. Seeds: the reference cells with their labels; per predicted class, the more confident half of its
     query cells whose score reaches ``threshold`` and whose class the reference sample's labels, spread over this
     graph alone, give too (all such cells of the class when none of them agrees: a class the expression graph
-    cannot reach keeps its seeds); and the lower-scoring half of the query cells below ``threshold``, as class
-    ``n_classes`` (Unknown). The agreement keeps a class that the mapping gives to part of another (monocytes
-    shifted onto dendritic cells) from seeding that error. The propagated probabilities are averaged with the
-    mapped ones (``proba``), so a cell below ``threshold`` that is not a seed is Unknown only where the Unknown
-    class reaches it; with ``hard`` (a threshold the user chose) the mapped ones of those cells are Unknown, which
-    makes every one of them Unknown.
+    cannot reach keeps its seeds; no class is checked when the sample and the query hardly mix in the graph,
+    :func:`biossl.graph.batch_mixing` below ``MIXING_MIN``); and the lower-scoring half of the query cells below
+    ``threshold``, as class ``n_classes`` (Unknown). The agreement keeps a class that the mapping gives to part of
+    another (monocytes shifted onto dendritic cells) from seeding that error. The propagated probabilities are
+    averaged with the mapped ones (``proba``), so a cell below ``threshold`` that is not a seed is Unknown only where
+    the Unknown class reaches it; with ``hard`` (a threshold the user chose) the mapped ones of those cells are
+    Unknown, which makes every one of them Unknown.
     Returns the class probabilities (reference classes, rows summing to 1 or 0), the confidence (top class
     probability times the share not given to Unknown), the predicted code and the Unknown mask.
     """
@@ -369,7 +370,11 @@ def refine_on_query(
     spread = _SeedSpreader(W, latent, alpha)
     query_seeds = np.full(n, -1, dtype=np.int64)
     low = score < threshold
-    graph_pred = _reference_only_calls(spread, ref_seeds, n, n_classes)
+    sample_rows = np.arange(len(batch)) < len(ref_seeds)
+    if len(ref_seeds) and graph.batch_mixing(idx, sample_rows)["score"] >= graph.MIXING_MIN:
+        graph_pred = _reference_only_calls(spread, ref_seeds, n, n_classes)
+    else:  # the sample's labels hardly reach the query on a graph that does not mix them: their calls check nothing
+        graph_pred = np.full(n, -1, dtype=np.int64)
     for c in np.unique(pred[(pred >= 0) & ~low]):
         candidates = (pred == c) & ~low
         agreeing = candidates & (graph_pred == c)  # a mapped call the expression graph does not share seeds nothing

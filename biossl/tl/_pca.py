@@ -45,9 +45,12 @@ def pca_latent(
 
     Without batches (or ``batch_correction="none"``) genes are scaled over all cells. ``"scale"`` scales them
     within each batch (:func:`_pca_scaled_per_batch`); ``"auto"`` does so only when the batches mix poorly in the
-    pooled PCA (:func:`biossl.graph.batch_mixing` below ``graph.MIXING_MIN``; above ``MIXING_MAX_CELLS`` cells, the
+    pooled PCA (:func:`biossl.graph.mixing_floor` below ``graph.MIXING_MIN``; above ``MIXING_MAX_CELLS`` cells, the
     pooled PCA of that seeded sample of cells, whose score read 0.00-0.04 higher than the whole PCA's on 50,000- to
-    200,000-cell simulations). The returned dict holds
+    200,000-cell simulations). When only the weakest split of the batches into two groups is below the gate (the
+    overall score is not), the scaling is kept only if it lifts that floor above the gate: a split that scaling
+    does not mend is a difference in composition more than a shift (``benchmarks/nested_batches.py``). The
+    returned dict holds
     ``batch_correction`` and the ``batch_mixing`` scores (empty without batches). ``copy=False`` lets the
     log-normalisation overwrite ``counts`` (a matrix the caller built for this).
     """
@@ -60,28 +63,74 @@ def pca_latent(
     if single or batch_correction == "none":
         return _pooled_pca(L, n_comps, seed, fit), ({} if single else {"batch_correction": "none"})
     info: dict = {}
+    kept = None
     if batch_correction == "auto":
         # the pooled PCA of the diagnostic's cells only (every cell on small data): the whole one is built only if kept
         rows = _mixing_rows(L.shape[0], seed)
         sample = _pooled_pca(L, n_comps, seed, fit) if rows is None else _pooled_pca(L[rows], n_comps, seed)
         info["batch_mixing"] = {"pooled": _mixing(sample, batch if rows is None else batch[rows], seed)}
-        pooled = info["batch_mixing"]["pooled"]["score"]
-        if pooled >= graph.MIXING_MIN:
-            logger.info("PCA: batches mix in the pooled PCA (mixing score %.2f); no correction", pooled)
+        pooled = info["batch_mixing"]["pooled"]
+        if graph.mixing_floor(pooled) >= graph.MIXING_MIN:
+            logger.info("PCA: batches mix in the pooled PCA (mixing score %.2f); no correction", pooled["score"])
             latent = sample if rows is None else _pooled_pca(L, n_comps, seed, fit)
             return latent, {**info, "batch_correction": "none"}
+        kept = sample if rows is None and pooled["score"] >= graph.MIXING_MIN else None
         del sample
-    latent = _pca_scaled_per_batch(L, batch, n_comps, fit)
+    within = batch
+    if batch_correction == "auto":  # within the groups of batches that mix among themselves, not donor by donor
+        within, info["scaled_within"] = _scaling_groups(info["batch_mixing"]["pooled"], batch)
+    latent = _pca_scaled_per_batch(L, within, n_comps, fit)
     info["batch_mixing"] = {**info.get("batch_mixing", {}), "scaled": _mixing(latent, batch, seed)}
     if batch_correction == "auto":
+        pooled, scaled = info["batch_mixing"]["pooled"], info["batch_mixing"]["scaled"]
+        if pooled["score"] >= graph.MIXING_MIN and graph.mixing_floor(scaled) < graph.MIXING_MIN:
+            # only a split of the batches mixes poorly, and scaling does not mend it: a difference in composition
+            # (cell lines in one design and not the other) more than a shift, which scaling would only blur
+            logger.info(
+                "PCA: batches %s mix poorly with the rest (%.2f; overall %.2f) and scaling genes per batch does not "
+                "mend it (%.2f); no correction",
+                ", ".join(pooled["weakest_split"]["batches"]),
+                pooled["weakest_split"]["score"],
+                pooled["score"],
+                graph.mixing_floor(scaled),
+            )
+            latent = kept if kept is not None else _pooled_pca(L, n_comps, seed, fit)
+            del info["scaled_within"]
+            return latent, {**info, "batch_correction": "none"}
+        groups = info["scaled_within"]
         logger.warning(
-            "PCA: batches do not mix in the pooled PCA (mixing score %.2f < %.2f); genes scaled per batch "
-            "(mixing score %.2f)",
-            info["batch_mixing"]["pooled"]["score"],
+            "PCA: batches do not mix in the pooled PCA (mixing score %.2f < %.2f%s); genes scaled %s (mixing score "
+            "%.2f)",
+            graph.mixing_floor(pooled),
             graph.MIXING_MIN,
-            info["batch_mixing"]["scaled"]["score"],
+            _split_note(pooled),
+            "per batch" if len(groups) == len(pooled["batches"]) else f"within each of {len(groups)} groups of batches",
+            graph.mixing_floor(scaled),
         )
     return latent, {**info, "batch_correction": "scale"}
+
+
+def _scaling_groups(mixing: dict, batch: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Each cell's scaling group (named after its first batch) and the groups' batches as ``"a + b"`` strings.
+
+    The groups are :func:`biossl.graph.batch_mixing`'s: batches split apart while they mix below the gate.
+    """
+    names, numbers = mixing["batches"], mixing.get("groups", list(range(len(mixing["batches"]))))
+    members: dict[int, list[str]] = {}
+    for name, number in zip(names, numbers, strict=True):
+        members.setdefault(number, []).append(name)
+    label = {name: group[0] for group in members.values() for name in group}
+    present, codes = np.unique(batch, return_inverse=True)  # a batch missing from a sampled diagnostic: its own group
+    within = np.array([label.get(b, b) for b in present])[codes]
+    return within, [" + ".join(group) for group in sorted(members.values())]
+
+
+def _split_note(mixing: dict) -> str:
+    """``"; batches a, b against the rest"`` when the weakest split, not the overall score, is below the gate."""
+    split = mixing.get("weakest_split")
+    if split is None or split["score"] >= mixing["score"] or len(mixing["batches"]) < 3:
+        return ""
+    return f"; batches {', '.join(split['batches'])} against the rest, overall {mixing['score']:.2f}"
 
 
 def fit_sample(n: int, batch: np.ndarray | None, seed: int) -> np.ndarray | None:
