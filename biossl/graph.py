@@ -270,36 +270,41 @@ def _weakest_split(edges: np.ndarray, sizes: np.ndarray) -> tuple[float, np.ndar
     ``2 m (n - m) / n^2`` for a side of ``m`` of ``n`` cells. Returns the score and the mask of one side.
     """
     B = len(sizes)
+    n, total = float(sizes.sum()), max(float(edges.sum()), 1.0)
     if B <= SPLIT_EXHAUSTIVE_BATCHES:  # batch 0 stays on the False side: each split once
         masks = (np.arange(1, 2 ** (B - 1))[:, None] >> np.arange(B - 1)) & 1
         sides = np.hstack([np.zeros((len(masks), 1), dtype=bool), masks.astype(bool)])
-    else:
-        sides = np.vstack([np.eye(B, dtype=bool), _merged_split(edges, sizes)[None]])
-    n, total = sizes.sum(), edges.sum()
-    inside = np.einsum("pa,ab,pb->p", sides, edges, sides) + np.einsum("pa,ab,pb->p", ~sides, edges, ~sides)
+        inside = ((sides @ edges) * sides).sum(1) + ((~sides @ edges) * ~sides).sum(1)
+    else:  # each batch against the rest (inside: its own edges and those among the rest), and the merged split
+        merged = _merged_split(edges, sizes)
+        sides = np.vstack([np.eye(B, dtype=bool), merged[None]])
+        own = np.diag(edges)
+        singles = own + (total - edges.sum(0) - edges.sum(1) + own)
+        inside = np.append(singles, edges[np.ix_(merged, merged)].sum() + edges[np.ix_(~merged, ~merged)].sum())
     m = sides @ sizes
-    scores = ((total - inside) / max(total, 1.0)) / np.maximum(2.0 * m * (n - m) / n**2, 1e-12)
+    scores = ((total - inside) / total) / np.maximum(2.0 * m * (n - m) / n**2, 1e-12)
     best = int(np.argmin(scores))
     return float(scores[best]), sides[best]
 
 
 def _merged_split(edges: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     """Merge the two groups of batches that mix best (neighbours over the random expectation) until two remain."""
-    groups = [[b] for b in range(len(sizes))]
-    sym = edges + edges.T
-    while len(groups) > 2:
-        best, pair = -1.0, (0, 1)
-        for i in range(len(groups)):
-            for j in range(i + 1, len(groups)):
-                ni, nj = sizes[groups[i]].sum(), sizes[groups[j]].sum()
-                affinity = sym[np.ix_(groups[i], groups[j])].sum() / (ni * nj)
-                if affinity > best:
-                    best, pair = affinity, (i, j)
-        i, j = pair
-        groups[i] = groups[i] + groups.pop(j)
-    side = np.zeros(len(sizes), dtype=bool)
-    side[groups[0]] = True
-    return side
+    B = len(sizes)
+    links = (edges + edges.T).astype(np.float64)
+    size = sizes.astype(np.float64)
+    group, alive = np.arange(B), np.ones(B, dtype=bool)
+    for _ in range(B - 2):
+        affinity = links / np.outer(size, size)
+        affinity[~alive] = -1.0
+        affinity[:, ~alive] = -1.0
+        np.fill_diagonal(affinity, -1.0)
+        i, j = np.unravel_index(int(np.argmax(affinity)), affinity.shape)
+        links[i] += links[j]
+        links[:, i] += links[:, j]
+        size[i] += size[j]
+        alive[j] = False
+        group[group == j] = i
+    return group == group[0]
 
 
 MNN_NEIGHBORS = 20  # k of the mutual-nearest-neighbour bridges (Haghverdi et al.'s default)
