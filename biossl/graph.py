@@ -239,17 +239,22 @@ def batch_mixing(idx: np.ndarray, batch: np.ndarray) -> dict:
         smaller = side if sizes[side].sum() <= sizes[~side].sum() else ~side
         out["weakest_split"] = {"score": round(split_score, 4), "batches": [str(b) for b in names[smaller]]}
         groups = np.zeros(len(names), dtype=np.int64)
-        for number, members in enumerate(_split_groups(edges, sizes, np.arange(len(names)))):
+        for number, members in enumerate(_split_groups(edges, sizes, np.arange(len(names)), (split_score, side))):
             groups[members] = number
         out["groups"] = [int(g) for g in groups]
     return out
 
 
-def _split_groups(edges: np.ndarray, sizes: np.ndarray, members: np.ndarray) -> list[np.ndarray]:
-    """``members`` (batch numbers) split in two while their weakest split is below ``MIXING_MIN``, recursively."""
+def _split_groups(
+    edges: np.ndarray, sizes: np.ndarray, members: np.ndarray, split: tuple[float, np.ndarray] | None = None
+) -> list[np.ndarray]:
+    """``members`` (batch numbers) split in two while their weakest split is below ``MIXING_MIN``, recursively.
+
+    ``split``: the members' weakest split when the caller has it already (:func:`_weakest_split`'s result).
+    """
     if len(members) < 2:
         return [members]
-    score, side = _weakest_split(edges[np.ix_(members, members)], sizes[members])
+    score, side = _weakest_split(edges[np.ix_(members, members)], sizes[members]) if split is None else split
     if score >= MIXING_MIN:
         return [members]
     return _split_groups(edges, sizes, members[side]) + _split_groups(edges, sizes, members[~side])

@@ -370,11 +370,7 @@ def refine_on_query(
     spread = _SeedSpreader(W, latent, alpha)
     query_seeds = np.full(n, -1, dtype=np.int64)
     low = score < threshold
-    sample_rows = np.arange(len(batch)) < len(ref_seeds)
-    if len(ref_seeds) and graph.batch_mixing(idx, sample_rows)["score"] >= graph.MIXING_MIN:
-        graph_pred = _reference_only_calls(spread, ref_seeds, n, n_classes)
-    else:  # the sample's labels hardly reach the query on a graph that does not mix them: their calls check nothing
-        graph_pred = np.full(n, -1, dtype=np.int64)
+    graph_pred = _reference_only_calls(spread, idx, ref_seeds, n, n_classes)
     for c in np.unique(pred[(pred >= 0) & ~low]):
         candidates = (pred == c) & ~low
         agreeing = candidates & (graph_pred == c)  # a mapped call the expression graph does not share seeds nothing
@@ -424,13 +420,17 @@ class _SeedSpreader:
         return out
 
 
-def _reference_only_calls(spread: _SeedSpreader, ref_seeds: np.ndarray, n: int, n_classes: int) -> np.ndarray:
+def _reference_only_calls(
+    spread: _SeedSpreader, idx: np.ndarray, ref_seeds: np.ndarray, n: int, n_classes: int
+) -> np.ndarray:
     """The query cells' classes from the reference sample's labels alone, spread over the expression graph.
 
-    -1 for every cell without a reference sample (or with one class only): no call to agree with.
+    ``idx``: the graph's neighbours (sample rows first). -1 for every cell without a reference sample, with one
+    class only, or where the sample and the query hardly mix in the graph (:func:`biossl.graph.batch_mixing` below
+    ``MIXING_MIN``: the labels do not reach the query, and their calls would be arbitrary): no call to agree with.
     """
     used = np.unique(ref_seeds)
-    if len(used) < 2:
+    if len(used) < 2 or graph.batch_mixing(idx, np.arange(len(idx)) < len(ref_seeds))["score"] < graph.MIXING_MIN:
         return np.full(n, -1, dtype=np.int64)
     seeds = np.concatenate([ref_seeds, np.full(n, -1, dtype=np.int64)])
     return used[spread(seeds, n_classes)[len(ref_seeds) :, used].argmax(1)]

@@ -76,9 +76,9 @@ def pca_latent(
             return latent, {**info, "batch_correction": "none"}
         kept = sample if rows is None and pooled["score"] >= graph.MIXING_MIN else None
         del sample
-    within = batch
+    within, groups = batch, None
     if batch_correction == "auto":  # within the groups of batches that mix among themselves, not donor by donor
-        within, info["scaled_within"] = _scaling_groups(info["batch_mixing"]["pooled"], batch)
+        within, groups = _scaling_groups(info["batch_mixing"]["pooled"], batch)
     latent = _pca_scaled_per_batch(L, within, n_comps, fit)
     info["batch_mixing"] = {**info.get("batch_mixing", {}), "scaled": _mixing(latent, batch, seed)}
     if batch_correction == "auto":
@@ -95,9 +95,8 @@ def pca_latent(
                 graph.mixing_floor(scaled),
             )
             latent = kept if kept is not None else _pooled_pca(L, n_comps, seed, fit)
-            del info["scaled_within"]
             return latent, {**info, "batch_correction": "none"}
-        groups = info["scaled_within"]
+        info["scaled_within"] = groups
         logger.warning(
             "PCA: batches do not mix in the pooled PCA (mixing score %.2f < %.2f%s); genes scaled %s (mixing score "
             "%.2f)",
