@@ -27,6 +27,13 @@ AUTO_MAPPING_THRESHOLD = 0.75  # mapping score below which a cell is Unknown (wi
 REFINE_MAPPING_THRESHOLD = 0.5  # with refine: below it a cell may seed the Unknown class
 REFINE_MIN_CELLS = 30
 REFINE_WEIGHT = 0.5  # the query graph's share of the final probabilities (the rest: the mapped ones)
+# reference sample - query mixing of the refinement graph (graph.batch_mixing) from which that graph joins them well
+# enough to settle the calls alone (weight 1), and an Unknown seed needs a neighbourhood the sample's cells hardly
+# reach: its own and its query neighbours' mean share of sample neighbours, relative to the sample's share of the
+# graph, below JOINED_UNKNOWN_SHARE. Chosen on divergent sets (seeds 1, 2 and species-like 5, 6), where the pbmc3k
+# graphs mix at 0.66-0.96 and the baron_mouse ones at 0.17-0.26
+REFINE_JOINED_MIXING = 0.5
+JOINED_UNKNOWN_SHARE = 0.1
 REFINE_SEED_FRACTION = 0.5  # the share of each class's (and of the low-scoring) cells that seed the refinement
 WIDE_SHARE_NEIGHBORS = 50  # the wider neighbourhood whose reference share steadies the local one
 # weight of the local share in a query batch that barely touches the reference at n_neighbors (0.5 elsewhere):
@@ -358,9 +365,14 @@ def refine_on_query(
     another (monocytes shifted onto dendritic cells) from seeding that error. The propagated probabilities are
     averaged with the mapped ones (``proba``), so a cell below ``threshold`` that is not a seed is Unknown only where
     the Unknown class reaches it; with ``hard`` (a threshold the user chose) the mapped ones of those cells are
-    Unknown, which makes every one of them Unknown.
+    Unknown, which makes every one of them Unknown. When the graph joins the sample and the query well (mixing at
+    least ``REFINE_JOINED_MIXING``), its expression neighbourhoods carry the labels better than a model that did
+    not align the query: the propagated probabilities are then the result (unless ``hard``), and a low-scoring cell
+    seeds Unknown only where the sample's cells hardly reach (:func:`_sample_share` below
+    ``JOINED_UNKNOWN_SHARE``), as a type the reference lacks does; a known type the shift moved does not.
     Returns the class probabilities (reference classes, rows summing to 1 or 0), the confidence (top class
-    probability times the share not given to Unknown), the predicted code and the Unknown mask.
+    probability times the share not given to Unknown), the predicted code, the Unknown mask and the sample - query
+    mixing of the graph (None without a sample).
     """
     n = X.shape[0]
     counts, batch, ref_seeds = _expression_graph_input(X, present, batches, sample, sample_codes)
@@ -368,9 +380,12 @@ def refine_on_query(
     idx, dist = graph.knn(latent, int(min(k, counts.shape[0] - 1)), seed=seed)
     W = graph.gaussian_affinity(idx, dist)
     spread = _SeedSpreader(W, latent, alpha)
+    n_ref = len(ref_seeds)
+    mixing = float(graph.batch_mixing(idx, np.arange(len(idx)) < n_ref)["score"]) if n_ref else None
+    joined = mixing is not None and mixing >= REFINE_JOINED_MIXING
     query_seeds = np.full(n, -1, dtype=np.int64)
     low = score < threshold
-    graph_pred = _reference_only_calls(spread, idx, ref_seeds, n, n_classes)
+    graph_pred = _reference_only_calls(spread, ref_seeds, n, n_classes, mixing)
     for c in np.unique(pred[(pred >= 0) & ~low]):
         candidates = (pred == c) & ~low
         agreeing = candidates & (graph_pred == c)  # a mapped call the expression graph does not share seeds nothing
@@ -379,23 +394,27 @@ def refine_on_query(
         query_seeds[members[np.argsort(-confidence[members], kind="stable")[:n_seeds]]] = c
     low_cells = np.flatnonzero(low)
     n_seeds = int(len(low_cells) * REFINE_SEED_FRACTION)
-    query_seeds[low_cells[np.argsort(score[low_cells], kind="stable")[:n_seeds]]] = n_classes
+    chosen = low_cells[np.argsort(score[low_cells], kind="stable")[:n_seeds]]
+    if joined:  # a low score seeds Unknown only where the reference sample's cells hardly reach
+        chosen = chosen[_sample_share(idx, n_ref)[chosen] < JOINED_UNKNOWN_SHARE]
+    query_seeds[chosen] = n_classes
     seeds = np.concatenate([ref_seeds, query_seeds])
     if len(np.unique(seeds[seeds >= 0])) < 2 or (query_seeds < 0).sum() == 0:  # nothing to refine: calls stand
-        return proba, confidence, pred, (pred < 0) | low
-    full = spread(seeds, n_classes + 1)[len(ref_seeds) :]
+        return proba, confidence, pred, (pred < 0) | low, mixing
+    full = spread(seeds, n_classes + 1)[n_ref:]
     full[query_seeds >= 0] = np.eye(n_classes + 1)[query_seeds[query_seeds >= 0]]  # seeds keep their call
     mapped = np.zeros((n, n_classes + 1))
     mapped[:, :n_classes] = proba  # a low score alone does not make a cell Unknown: its neighbourhood decides
     if hard:
         mapped[low] = np.eye(n_classes + 1)[n_classes]
-    full = REFINE_WEIGHT * full + (1 - REFINE_WEIGHT) * mapped
+    weight = 1.0 if joined and not hard else REFINE_WEIGHT
+    full = weight * full + (1 - weight) * mapped
     top = full.argmax(1)
     unknown = (full.sum(1) == 0) | (top == n_classes)
     known = full[:, :n_classes]
     proba, top_known, pred = normalise_rows(known)
     confidence = top_known * known.sum(1) / np.maximum(full.sum(1), 1e-12)
-    return proba, confidence, pred, unknown | (pred < 0)
+    return proba, confidence, pred, unknown | (pred < 0), mixing
 
 
 class _SeedSpreader:
@@ -421,19 +440,31 @@ class _SeedSpreader:
 
 
 def _reference_only_calls(
-    spread: _SeedSpreader, idx: np.ndarray, ref_seeds: np.ndarray, n: int, n_classes: int
+    spread: _SeedSpreader, ref_seeds: np.ndarray, n: int, n_classes: int, mixing: float | None
 ) -> np.ndarray:
     """The query cells' classes from the reference sample's labels alone, spread over the expression graph.
 
-    ``idx``: the graph's neighbours (sample rows first). -1 for every cell without a reference sample, with one
-    class only, or where the sample and the query hardly mix in the graph (:func:`biossl.graph.batch_mixing` below
-    ``MIXING_MIN``: the labels do not reach the query, and their calls would be arbitrary): no call to agree with.
+    -1 for every cell without a reference sample, with one class only, or where the sample and the query hardly mix
+    in the graph (``mixing``, :func:`biossl.graph.batch_mixing` of sample against query, below ``MIXING_MIN``: the
+    labels do not reach the query, and their calls would be arbitrary): no call to agree with.
     """
     used = np.unique(ref_seeds)
-    if len(used) < 2 or graph.batch_mixing(idx, np.arange(len(idx)) < len(ref_seeds))["score"] < graph.MIXING_MIN:
+    if len(used) < 2 or mixing is None or mixing < graph.MIXING_MIN:
         return np.full(n, -1, dtype=np.int64)
     seeds = np.concatenate([ref_seeds, np.full(n, -1, dtype=np.int64)])
     return used[spread(seeds, n_classes)[len(ref_seeds) :, used].argmax(1)]
+
+
+def _sample_share(idx: np.ndarray, n_ref: int) -> np.ndarray:
+    """Per query cell: the reference sample's share of its neighbours, relative to the sample's share of the graph.
+
+    Averaged over the cell and its query neighbours; ``idx``: the graph's neighbours, the ``n_ref`` sample rows first.
+    """
+    share = (idx[n_ref:] < n_ref).mean(1) / (n_ref / len(idx))
+    near = idx[n_ref:] - n_ref  # query neighbours as query rows; sample neighbours are negative
+    is_query = near >= 0
+    total = share + np.where(is_query, share[np.where(is_query, near, 0)], 0.0).sum(1)
+    return total / (1 + is_query.sum(1))
 
 
 def _expression_graph_input(X, present, batches, sample: dict | None, sample_codes: np.ndarray | None):

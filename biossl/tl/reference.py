@@ -214,7 +214,9 @@ def map_query(
         number calls every cell below it Unknown, with or without ``refine`` (``uns["biossl"]["map_query"]
         ["hard_threshold"]`` is then True). ``uns["biossl"]["map_query"]["reference_mixing"]`` records how well
         the query mixes with the reference in the joint graph (:func:`biossl.graph.batch_mixing`; 1 = as if one
-        data set). Limits
+        data set), ``["refine_mixing"]`` how well the refinement's expression graph joins them (see ``refine``; absent
+        without a reference sample).
+        Limits
         (``benchmarks/reference_mapping.py``): a known type far more abundant in the query than in the reference
         still scores low, and a novel type close to a known one in expression too (naive vs memory CD4 T cells)
         is hard to tell from it. Lower the threshold when a known type is called Unknown in bulk (the top class of
@@ -229,11 +231,14 @@ def map_query(
         the query hardly mix in that graph), and the lower-scoring half of
         the cells below it, as an "Unknown" class, are
         propagated over that graph as in :func:`biossl.tl.annotate`, and the result is averaged with the mapped
-        probabilities (with a numeric ``mapping_threshold``, cells below it count as Unknown there). References
-        saved without a sample use the query's own graph. Under a strong shift (another technology or species) the
-        frozen model aligns the query only roughly; expression neighbourhoods then carry the calls, and an Unknown
-        call needs a region of the query, not a single low score (``benchmarks/strong_batch.py``). Skipped for
-        queries under 30 cells.
+        probabilities (with a numeric ``mapping_threshold``, cells below it count as Unknown there). When that
+        graph joins the sample and the query well (mixing 0.5 or more, recorded as ``refine_mixing``), its
+        propagated probabilities alone are the result, and a low-scoring cell seeds Unknown only where the
+        sample's cells hardly reach (a known type the shift moved keeps reference cells around it; a type the
+        reference lacks does not). References saved without a sample use the query's own graph. Under a strong
+        shift (another technology or species) the frozen model aligns the query only roughly; expression
+        neighbourhoods then carry the calls, and an Unknown call needs a region of the query, not a single low
+        score (``benchmarks/strong_batch.py``). Skipped for queries under 30 cells.
     fine_tune_steps
         Training steps for new batch columns (0 embeds new batches as the average of known ones).
     min_overlap
@@ -375,8 +380,9 @@ class _QueryMapping:
         if mapping_threshold == "auto":
             mapping_threshold = REFINE_MAPPING_THRESHOLD if self.refine else AUTO_MAPPING_THRESHOLD
         self.mapping_threshold, self.unknown_threshold = mapping_threshold, unknown_threshold
+        self.refine_mixing = None
         if self.refine:
-            self.proba, self.confidence, self.pred, unknown = refine_on_query(
+            self.proba, self.confidence, self.pred, unknown, self.refine_mixing = refine_on_query(
                 self.X, self.present, self.codes, self.proba, self.pred, self.confidence, self.mapping_score,
                 mapping_threshold, len(self.reference.classes), self.k, self.alpha, self.seed,
                 sample=self.reference.sample, sample_codes=self.reference.codes, hard=hard,
@@ -410,6 +416,7 @@ class _QueryMapping:
                 "refine": self.refine,
                 "refine_reference_cells": len(sample["index"]) if self.refine and sample is not None else 0,
                 "reference_mixing": self.mixing,
+                "refine_mixing": self.refine_mixing,
                 "distance_threshold": self.distance_threshold,
                 "wide_share_neighbors": self.wide_k,
                 "unknown_threshold": self.unknown_threshold,
@@ -421,8 +428,9 @@ class _QueryMapping:
         )
         record(adata, "classes", classes)
         logger.info(
-            "map_query: %d of %d model genes matched; %d cells, %d Unknown",
+            "map_query: %d of %d model genes matched; %d cells, %d Unknown%s",
             self.overlap["n_matched"], self.overlap["n_model_genes"], adata.n_obs, n_unknown,
+            "" if self.refine_mixing is None else f"; refinement graph mixing {self.refine_mixing:.2f}",
         )  # fmt: skip
         if n_unknown > UNKNOWN_WARN_SHARE * adata.n_obs:
             logger.warning(
