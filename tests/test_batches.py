@@ -432,9 +432,11 @@ def test_refinement_on_a_joined_graph_keeps_a_shifted_known_type_and_flags_a_typ
     proba = np.repeat(((1 - top) / (n_classes - 1))[:, None], n_classes, axis=1)
     proba[np.arange(n), pred] = top
     score = np.where(np.isin(query, [b_cell, mono]), rng.uniform(0.1, 0.45, n), 1.0)
-    _, _, called, unknown, _ = refine_on_query(
+    shown, _, called, unknown, _ = refine_on_query(
         X[is_b], np.ones(X.shape[1]), np.zeros(n, dtype=np.int64), proba, pred, top, score, 0.5, n_classes,
         15, 0.9, 0, sample=sample, sample_codes=ref_codes,
     )  # fmt: skip
     assert np.mean(unknown[query == mono]) < 0.05 and np.mean(called[(query == mono) & ~unknown] == mono) > 0.9
     assert np.mean(unknown[query == b_cell]) > 0.6
+    # an Unknown cell's probabilities still name the class it resembles (here its mapped one)
+    assert np.allclose(shown[unknown].sum(1), 1) and np.mean(shown[unknown].argmax(1) == pred[unknown]) > 0.9

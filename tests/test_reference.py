@@ -188,6 +188,12 @@ def test_many_unknown_calls_warn_with_what_to_try(halves, reference, caplog):
     assert share == 1.0
     assert len(warned) == 1 and warned[0].startswith("map_query: 100% of the query called Unknown")
     assert "mapping_threshold=" in warned[0] and "batch_key=" in warned[0] and "\n" not in warned[0]
+    # the Unknown cells' top classes, most frequent first, with their counts
+    query = halves[1].copy()
+    biossl.tl.map_query(query, reference, mapping_threshold=1e6, progress=False)
+    proba = np.asarray(query.obsm["biossl_proba"])
+    counts = np.bincount(proba[proba.sum(1) > 0].argmax(1), minlength=len(reference.classes))
+    assert f"their top classes: {reference.classes[counts.argmax()]} {counts.max()}" in warned[0]
     cli = cli_message(warned[0])  # the CLI names its options and command instead
     assert "lower --mapping-threshold," in cli and "--batch-key (`biossl annotate` on one file" in cli
 

@@ -370,9 +370,10 @@ def refine_on_query(
     not align the query: the propagated probabilities are then the result (unless ``hard``), and a low-scoring cell
     seeds Unknown only where the sample's cells hardly reach (:func:`_sample_share` below
     ``JOINED_UNKNOWN_SHARE``), as a type the reference lacks does; a known type the shift moved does not.
-    Returns the class probabilities (reference classes, rows summing to 1 or 0), the confidence (top class
-    probability times the share not given to Unknown), the predicted code, the Unknown mask and the sample - query
-    mixing of the graph (None without a sample).
+    Returns the class probabilities (reference classes, rows summing to 1 or 0; a cell that the Unknown class takes
+    whole, as on a joined graph, keeps its mapped ones, so its top class still names what it resembles), the
+    confidence (top class probability times the share not given to Unknown), the predicted code, the Unknown mask
+    and the sample - query mixing of the graph (None without a sample).
     """
     n = X.shape[0]
     counts, batch, ref_seeds = _expression_graph_input(X, present, batches, sample, sample_codes)
@@ -412,8 +413,10 @@ def refine_on_query(
     top = full.argmax(1)
     unknown = (full.sum(1) == 0) | (top == n_classes)
     known = full[:, :n_classes]
-    proba, top_known, pred = normalise_rows(known)
-    confidence = top_known * known.sum(1) / np.maximum(full.sum(1), 1e-12)
+    mass = known.sum(1)
+    shown = np.where((mass == 0)[:, None], proba, known)  # the Unknown class took it whole: its top class stays named
+    proba, top_known, pred = normalise_rows(shown)
+    confidence = top_known * mass / np.maximum(full.sum(1), 1e-12)
     return proba, confidence, pred, unknown | (pred < 0), mixing
 
 

@@ -434,10 +434,21 @@ class _QueryMapping:
         )  # fmt: skip
         if n_unknown > UNKNOWN_WARN_SHARE * adata.n_obs:
             logger.warning(
-                "map_query: %.0f%% of the query called Unknown (query-reference mixing %.2f). Types the reference "
-                "lacks are Unknown by design; if known types are among them (the top class of obsm[%r] names "
-                "them), a strong shift such as another technology or species may have lowered their mapping "
-                "scores: pass a lower mapping_threshold=, or annotate reference and query as one data set with "
-                "their batches as batch_key= (the pooled path of biossl.tl.annotate).",
-                100 * n_unknown / max(adata.n_obs, 1), self.mixing, f"{key_added}_proba",
+                "map_query: %.0f%% of the query called Unknown (query-reference mixing %.2f; their top classes: %s). "
+                "Types the reference lacks are Unknown by design; if known types are among them (the top class of "
+                "obsm[%r] names them), a strong shift such as another technology or species may have lowered their "
+                "mapping scores: pass a lower mapping_threshold=, or annotate reference and query as one data set "
+                "with their batches as batch_key= (the pooled path of biossl.tl.annotate).",
+                100 * n_unknown / max(adata.n_obs, 1), self.mixing, self._unknown_top_classes(), f"{key_added}_proba",
             )  # fmt: skip
+
+    def _unknown_top_classes(self, n_named: int = 3) -> str:
+        """The most frequent top classes among the Unknown calls, with their counts ("CD14+ Mono 221, DC 6").
+
+        A known type that a strong shift moved as a whole shows up here as one class holding most of them.
+        """
+        proba = self.proba[self.unknown]
+        counts = np.bincount(proba[proba.sum(1) > 0].argmax(1), minlength=len(self.reference.classes))
+        order = np.argsort(-counts, kind="stable")[:n_named]
+        named = [f"{self.reference.classes[c]} {counts[c]}" for c in order if counts[c]]
+        return ", ".join(named) if named else "none"
