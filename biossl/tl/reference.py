@@ -214,14 +214,13 @@ def map_query(
         number calls every cell below it Unknown, with or without ``refine`` (``uns["biossl"]["map_query"]
         ["hard_threshold"]`` is then True). ``uns["biossl"]["map_query"]["reference_mixing"]`` records how well
         the query mixes with the reference in the joint graph (:func:`biossl.graph.batch_mixing`; 1 = as if one
-        data set), ``["refine_mixing"]`` how well the refinement's expression graph joins them (see ``refine``; absent
-        without a reference sample).
-        Limits
-        (``benchmarks/reference_mapping.py``): a known type far more abundant in the query than in the reference
-        still scores low, and a novel type close to a known one in expression too (naive vs memory CD4 T cells)
-        is hard to tell from it. Lower the threshold when a known type is called Unknown in bulk (the top class of
-        ``obsm["{key_added}_proba"]`` still names it; a warning is logged when more than 10% of the query is
-        Unknown); a higher one flags more novel cells.
+        data set), ``["refine_mixing"]`` how well the refinement's expression graph joins them (see ``refine``;
+        absent without a reference sample). Limits (``benchmarks/reference_mapping.py``): a known type far more
+        abundant in the query than in the reference still scores low, and a novel type close to a known one in
+        expression too (naive vs memory CD4 T cells) is hard to tell from it. Lower the threshold when a known type
+        is called Unknown in bulk (the top class of ``obsm["{key_added}_proba"]`` still names it; a warning is
+        logged when more than 10% of the query is Unknown, naming the Unknown cells' most frequent top classes); a
+        higher one flags more novel cells.
     refine
         Settle the calls on an expression graph: a PCA of the counts of the query and of the reference's sample of
         labelled cells (:attr:`Reference.sample`; genes scaled per batch when batches do not mix). The sample's
