@@ -293,6 +293,14 @@ def _refinement_inputs(strong: AnnData):
     return X, is_b, classes, codes, sample
 
 
+def _confident_calls(pred: np.ndarray, n_classes: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Mapped class probabilities that put 0.6-0.95 on ``pred`` (the rest spread evenly), and that top probability."""
+    top = rng.uniform(0.6, 0.95, len(pred))
+    proba = np.repeat(((1 - top) / (n_classes - 1))[:, None], n_classes, axis=1)
+    proba[np.arange(len(pred)), pred] = top
+    return proba, top
+
+
 @pytest.mark.parametrize("joined", [False, True])
 def test_refinement_does_not_seed_a_mapping_error_the_expression_graph_contradicts(_strong, monkeypatch, joined):
     # map_query's failure on the divergent check set: the frozen model put part of the query's CD14+ monocytes onto
@@ -314,9 +322,7 @@ def test_refinement_does_not_seed_a_mapping_error_the_expression_graph_contradic
     rng = np.random.default_rng(0)
     moved = (query == mono) & (rng.random(n) < 0.3)
     pred = np.where(moved, dc, query)
-    top = rng.uniform(0.6, 0.95, n)
-    proba = np.repeat(((1 - top) / (n_classes - 1))[:, None], n_classes, axis=1)
-    proba[np.arange(n), pred] = top
+    proba, top = _confident_calls(pred, n_classes, rng)
     _, _, called, unknown, _ = refine_on_query(
         X[is_b], np.ones(X.shape[1]), np.zeros(n, dtype=np.int64), proba, pred, top, np.ones(n), 0.5, n_classes,
         15, 0.9, 0, sample=sample, sample_codes=codes[~is_b],
@@ -398,9 +404,7 @@ def test_refinement_keeps_the_mapped_calls_where_its_graph_does_not_join_sample_
     X, is_b, classes, codes, sample = _refinement_inputs(_strong)
     query, n, n_classes = codes[is_b], int(is_b.sum()), len(classes)
     rng = np.random.default_rng(0)
-    top = rng.uniform(0.6, 0.95, n)
-    proba = np.repeat(((1 - top) / (n_classes - 1))[:, None], n_classes, axis=1)
-    proba[np.arange(n), query] = top
+    proba, top = _confident_calls(query, n_classes, rng)
     score = np.where(rng.random(n) < 0.02, 0.3, 1.0)  # a few poorly mapped cells seed the Unknown class
     _, _, called, unknown, _ = _mapping.refine_on_query(
         X[is_b], np.ones(X.shape[1]), np.zeros(n, dtype=np.int64), proba, query, top, score, 0.5, n_classes,
@@ -428,9 +432,7 @@ def test_refinement_on_a_joined_graph_keeps_a_shifted_known_type_and_flags_a_typ
     query, n, n_classes = codes[is_b], int(is_b.sum()), len(classes)
     pred = np.where(query == b_cell, naive, query)
     rng = np.random.default_rng(0)
-    top = rng.uniform(0.6, 0.95, n)
-    proba = np.repeat(((1 - top) / (n_classes - 1))[:, None], n_classes, axis=1)
-    proba[np.arange(n), pred] = top
+    proba, top = _confident_calls(pred, n_classes, rng)
     score = np.where(np.isin(query, [b_cell, mono]), rng.uniform(0.1, 0.45, n), 1.0)
     shown, _, called, unknown, _ = refine_on_query(
         X[is_b], np.ones(X.shape[1]), np.zeros(n, dtype=np.int64), proba, pred, top, score, 0.5, n_classes,

@@ -168,29 +168,26 @@ def test_held_out_type_is_called_unknown(halves):
     assert roc_auc_score(novel, -score) > 0.85
 
 
-def _unknown_share_and_warnings(halves, reference, caplog, threshold: float) -> tuple[float, list[str]]:
-    """Map the query half with ``mapping_threshold=threshold``: its share called Unknown, and the Unknown warnings."""
+def _mapped_and_warnings(halves, reference, caplog, threshold: float) -> tuple[ad.AnnData, list[str]]:
+    """The query half mapped with ``mapping_threshold=threshold``, and the Unknown warnings it logged."""
     query = halves[1].copy()
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="biossl"):
         biossl.tl.map_query(query, reference, mapping_threshold=threshold, progress=False)
-    warned = [r.getMessage() for r in caplog.records if "called Unknown" in r.getMessage()]
-    return float((query.obs["biossl_label"] == "Unknown").mean()), warned
+    return query, [r.getMessage() for r in caplog.records if "called Unknown" in r.getMessage()]
 
 
 def test_many_unknown_calls_warn_with_what_to_try(halves, reference, caplog):
     # a threshold of 0 calls no cell Unknown: no warning
-    share, warned = _unknown_share_and_warnings(halves, reference, caplog, 0.0)
-    assert share == 0.0 and warned == []
+    query, warned = _mapped_and_warnings(halves, reference, caplog, 0.0)
+    assert (query.obs["biossl_label"] == "Unknown").mean() == 0.0 and warned == []
     # one above every score calls all of them: one warning, naming the share and what to try (a strong shift can
     # push known types below the threshold)
-    share, warned = _unknown_share_and_warnings(halves, reference, caplog, 1e6)
-    assert share == 1.0
+    query, warned = _mapped_and_warnings(halves, reference, caplog, 1e6)
+    assert (query.obs["biossl_label"] == "Unknown").mean() == 1.0
     assert len(warned) == 1 and warned[0].startswith("map_query: 100% of the query called Unknown")
     assert "mapping_threshold=" in warned[0] and "batch_key=" in warned[0] and "\n" not in warned[0]
     # the Unknown cells' top classes, most frequent first, with their counts
-    query = halves[1].copy()
-    biossl.tl.map_query(query, reference, mapping_threshold=1e6, progress=False)
     proba = np.asarray(query.obsm["biossl_proba"])
     counts = np.bincount(proba[proba.sum(1) > 0].argmax(1), minlength=len(reference.classes))
     assert f"their top classes: {reference.classes[counts.argmax()]} {counts.max()}" in warned[0]
