@@ -214,13 +214,14 @@ def map_query(
         number calls every cell below it Unknown, with or without ``refine`` (``uns["biossl"]["map_query"]
         ["hard_threshold"]`` is then True). ``uns["biossl"]["map_query"]["reference_mixing"]`` records how well
         the query mixes with the reference in the joint graph (:func:`biossl.graph.batch_mixing`; 1 = as if one
-        data set), ``["refine_mixing"]`` how well the refinement's expression graph joins them (see ``refine``;
-        absent without a reference sample). Limits (``benchmarks/reference_mapping.py``): a known type far more
+        data set), ``["refine_mixing"]`` how well the refinement's expression graph joins them (see ``refine``; absent
+        without a reference sample) and ``["shifted_classes"]`` the known types that the refinement kept although every
+        cell of theirs scored low (see ``refine``). Limits (``benchmarks/reference_mapping.py``): a known type far more
         abundant in the query than in the reference still scores low, and a novel type close to a known one in
-        expression too (naive vs memory CD4 T cells) is hard to tell from it. Lower the threshold when a known type
-        is called Unknown in bulk (the top class of ``obsm["{key_added}_proba"]`` still names it; a warning is
-        logged when more than 10% of the query is Unknown, naming the Unknown cells' most frequent top classes); a
-        higher one flags more novel cells.
+        expression too (naive vs memory CD4 T cells) is hard to tell from it. Lower the threshold when a known type is
+        called Unknown in bulk (the top class of ``obsm["{key_added}_proba"]`` still names it; a warning is logged when
+        more than 10% of the query is Unknown, naming the Unknown cells' most frequent top classes); a higher one flags
+        more novel cells.
     refine
         Settle the calls on an expression graph: a PCA of the counts of the query and of the reference's sample of
         labelled cells (:attr:`Reference.sample`; genes scaled per batch when batches do not mix). The sample's
@@ -234,7 +235,11 @@ def map_query(
         graph joins the sample and the query well (mixing 0.5 or more, recorded as ``refine_mixing``), its
         propagated probabilities alone are the result, and a low-scoring cell seeds Unknown only where the
         sample's cells hardly reach (a known type the shift moved keeps reference cells around it; a type the
-        reference lacks does not). References saved without a sample use the query's own graph. Under a strong
+        reference lacks does not). A predicted class of which hardly any query cell scores well (at most 5%, 20
+        low-scoring cells or more) seeds itself instead of Unknown where its expression contrast against the
+        well-mapped classes matches its contrast in the sample about as well as theirs do: a known type that the
+        shift moved as a whole, not a type the reference lacks put onto its nearest class (not with a numeric
+        ``mapping_threshold``). References saved without a sample use the query's own graph. Under a strong
         shift (another technology or species) the frozen model aligns the query only roughly; expression
         neighbourhoods then carry the calls, and an Unknown call needs a region of the query, not a single low
         score (``benchmarks/strong_batch.py``). Skipped for queries under 30 cells.
@@ -379,13 +384,15 @@ class _QueryMapping:
         if mapping_threshold == "auto":
             mapping_threshold = REFINE_MAPPING_THRESHOLD if self.refine else AUTO_MAPPING_THRESHOLD
         self.mapping_threshold, self.unknown_threshold = mapping_threshold, unknown_threshold
-        self.refine_mixing = None
+        self.refine_mixing, self.shifted = None, []
         if self.refine:
-            self.proba, self.confidence, self.pred, unknown, self.refine_mixing = refine_on_query(
+            self.proba, self.confidence, self.pred, unknown, info = refine_on_query(
                 self.X, self.present, self.codes, self.proba, self.pred, self.confidence, self.mapping_score,
                 mapping_threshold, len(self.reference.classes), self.k, self.alpha, self.seed,
                 sample=self.reference.sample, sample_codes=self.reference.codes, hard=hard,
             )  # fmt: skip
+            self.refine_mixing = info["mixing"]
+            self.shifted = [str(self.reference.classes[c]) for c in info["shifted"]]
         else:
             unknown = (self.pred < 0) | (self.mapping_score < mapping_threshold)
         if unknown_threshold is not None:
@@ -416,6 +423,7 @@ class _QueryMapping:
                 "refine_reference_cells": len(sample["index"]) if self.refine and sample is not None else 0,
                 "reference_mixing": self.mixing,
                 "refine_mixing": self.refine_mixing,
+                "shifted_classes": self.shifted,
                 "distance_threshold": self.distance_threshold,
                 "wide_share_neighbors": self.wide_k,
                 "unknown_threshold": self.unknown_threshold,
@@ -429,7 +437,8 @@ class _QueryMapping:
         logger.info(
             "map_query: %d of %d model genes matched; %d cells, %d Unknown%s",
             self.overlap["n_matched"], self.overlap["n_model_genes"], adata.n_obs, n_unknown,
-            "" if self.refine_mixing is None else f"; refinement graph mixing {self.refine_mixing:.2f}",
+            ("" if self.refine_mixing is None else f"; refinement graph mixing {self.refine_mixing:.2f}")
+            + (f"; moved as a whole by the shift, kept known: {', '.join(self.shifted)}" if self.shifted else ""),
         )  # fmt: skip
         if n_unknown > UNKNOWN_WARN_SHARE * adata.n_obs:
             logger.warning(
