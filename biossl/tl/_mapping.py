@@ -400,19 +400,20 @@ def refine_on_query(
     joined = mixing is not None and mixing >= REFINE_JOINED_MIXING
     query_seeds = np.full(n, -1, dtype=np.int64)
     low = score < threshold
+
+    def seed_confident(members: np.ndarray, c: int) -> None:  # the more confident part of ``members`` seeds ``c``
+        n_seeds = max(1, int(len(members) * REFINE_SEED_FRACTION))
+        query_seeds[members[np.argsort(-confidence[members], kind="stable")[:n_seeds]]] = c
+
     graph_pred = _reference_only_calls(spread, ref_seeds, n, n_classes, mixing)
     for c in np.unique(pred[(pred >= 0) & ~low]):
         candidates = (pred == c) & ~low
         agreeing = candidates & (graph_pred == c)  # a mapped call the expression graph does not share seeds nothing
-        members = np.flatnonzero(agreeing if agreeing.any() else candidates)  # unless none of the class agrees
-        n_seeds = max(1, int(len(members) * REFINE_SEED_FRACTION))
-        query_seeds[members[np.argsort(-confidence[members], kind="stable")[:n_seeds]]] = c
+        seed_confident(np.flatnonzero(agreeing if agreeing.any() else candidates), c)  # unless none agrees
     # a known type the shift moved as a whole seeds itself, not Unknown (not with a threshold the user chose)
     shifted = np.zeros(0, dtype=np.int64) if hard else _shifted_classes(counts, ref_seeds, pred, low, n_classes)
     for c in shifted:
-        members = np.flatnonzero((pred == c) & low)
-        n_seeds = max(1, int(len(members) * REFINE_SEED_FRACTION))
-        query_seeds[members[np.argsort(-confidence[members], kind="stable")[:n_seeds]]] = c
+        seed_confident(np.flatnonzero((pred == c) & low), c)
     low_cells = np.flatnonzero(low & ~np.isin(pred, shifted))
     n_seeds = int(len(low_cells) * REFINE_SEED_FRACTION)
     chosen = low_cells[np.argsort(score[low_cells], kind="stable")[:n_seeds]]
