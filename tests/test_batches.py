@@ -311,11 +311,11 @@ def test_refinement_does_not_seed_a_mapping_error_the_expression_graph_contradic
     # This graph joins sample and query (mixing 0.87), so by default its calls alone are the result (joined):
     # 96-100% back, and the other cells get the graph's calls (86-87% of them agree with the mapped ones, which
     # here are the truth). Forced to keep half the weight, the mapped calls stand for 99.8% of the other cells
-    from biossl.tl import _mapping
-    from biossl.tl._mapping import refine_on_query
+    from biossl.tl import _refine
+    from biossl.tl._refine import refine_on_query
 
     if not joined:
-        monkeypatch.setattr(_mapping, "REFINE_JOINED_MIXING", 2.0)
+        monkeypatch.setattr(_refine, "REFINE_JOINED_MIXING", 2.0)
     X, is_b, classes, codes, sample = _refinement_inputs(_strong)
     query, n, n_classes = codes[is_b], int(is_b.sum()), len(classes)
     mono, dc = classes.index("CD14+ Mono"), classes.index("DC")
@@ -397,16 +397,16 @@ def test_refinement_keeps_the_mapped_calls_where_its_graph_does_not_join_sample_
     # them left a class with almost no seeds, and a few low-scoring cells seeded Unknown over it instead (378 of 479
     # beta cells Unknown on baron_mouse_species_like with two donors per technology). Measured here: 1.1% of the
     # query Unknown, against 12.3% when the calls were checked against that graph
-    from biossl.tl import _mapping
+    from biossl.tl import _refine
     from biossl.tl._pca import pca_latent
 
-    monkeypatch.setattr(_mapping, "pca_latent", lambda *a, **kw: pca_latent(*a, **kw, batch_correction="none"))
+    monkeypatch.setattr(_refine, "pca_latent", lambda *a, **kw: pca_latent(*a, **kw, batch_correction="none"))
     X, is_b, classes, codes, sample = _refinement_inputs(_strong)
     query, n, n_classes = codes[is_b], int(is_b.sum()), len(classes)
     rng = np.random.default_rng(0)
     proba, top = _confident_calls(query, n_classes, rng)
     score = np.where(rng.random(n) < 0.02, 0.3, 1.0)  # a few poorly mapped cells seed the Unknown class
-    _, _, called, unknown, _ = _mapping.refine_on_query(
+    _, _, called, unknown, _ = _refine.refine_on_query(
         X[is_b], np.ones(X.shape[1]), np.zeros(n, dtype=np.int64), proba, query, top, score, 0.5, n_classes,
         15, 0.9, 0, sample=sample, sample_codes=codes[~is_b],
     )  # fmt: skip
@@ -422,8 +422,8 @@ def test_refinement_on_a_joined_graph_keeps_a_shifted_known_type_and_flags_a_typ
     # them, and its B cells, absent from the sample, score low and come mapped as naive CD4 T cells (a sibling, as a
     # model that never saw them embeds them). Measured: 1.2% of those monocytes Unknown and 95% of the B cells,
     # against 51% and 60% when the lower-scoring half of every low-scoring cell seeded Unknown
-    from biossl.tl._mapping import refine_on_query
     from biossl.tl._reference import expression_sample
+    from biossl.tl._refine import refine_on_query
 
     X, is_b, classes, codes, _ = _refinement_inputs(_strong)
     b_cell, mono, naive = classes.index("B"), classes.index("CD14+ Mono"), classes.index("Naive CD4 T")
@@ -455,12 +455,12 @@ def test_refinement_keeps_a_known_type_the_shift_moved_as_a_whole_and_not_a_type
     # expression contrast against the well-mapped classes tells them apart: the monocytes' matches their reference
     # contrast, the B cells' does not. On a graph that does not join sample and query (forced here), measured (draws
     # 0-2): 0% of the monocytes Unknown and 76-82% of the B cells, against 50-52% and 65-69% without the rule
-    from biossl.tl import _mapping
+    from biossl.tl import _refine
     from biossl.tl._reference import expression_sample
 
-    monkeypatch.setattr(_mapping, "REFINE_JOINED_MIXING", 2.0)
+    monkeypatch.setattr(_refine, "REFINE_JOINED_MIXING", 2.0)
     if not rule:
-        monkeypatch.setattr(_mapping, "SHIFTED_AGREEMENT", np.inf)
+        monkeypatch.setattr(_refine, "SHIFTED_AGREEMENT", np.inf)
     X, is_b, classes, codes, _ = _refinement_inputs(_strong)
     b_cell, mono, cd8 = classes.index("B"), classes.index("CD14+ Mono"), classes.index("CD8 T")
     ref_codes = np.where(codes == b_cell, -1, codes)[~is_b]
@@ -471,7 +471,7 @@ def test_refinement_keeps_a_known_type_the_shift_moved_as_a_whole_and_not_a_type
     rng = np.random.default_rng(0)
     proba, top = _confident_calls(pred, n_classes, rng)
     score = np.where(np.isin(query, [b_cell, mono]), rng.uniform(0.1, 0.45, n), 1.0)
-    _, _, called, unknown, info = _mapping.refine_on_query(
+    _, _, called, unknown, info = _refine.refine_on_query(
         X[keep], np.ones(X.shape[1]), np.zeros(n, dtype=np.int64), proba, pred, top, score, 0.5, n_classes,
         15, 0.9, 0, sample=sample, sample_codes=ref_codes,
     )  # fmt: skip

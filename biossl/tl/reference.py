@@ -22,8 +22,6 @@ from ..pp import check_anndata, check_batch, find_counts
 from ._mapping import (
     AUTO_MAPPING_THRESHOLD,
     MAPPING_NEIGHBORS,
-    REFINE_MAPPING_THRESHOLD,
-    REFINE_MIN_CELLS,
     UNKNOWN_WARN_SHARE,
     WIDE_SHARE_NEIGHBORS,
     calibrate_mapping,
@@ -33,7 +31,6 @@ from ._mapping import (
     mapping_score,
     query_batches,
     reference_share,
-    refine_on_query,
     two_scale_share,
 )
 from ._propagation import (
@@ -46,6 +43,7 @@ from ._propagation import (
     write_labels,
 )
 from ._reference import Reference, expression_sample
+from ._refine import REFINE_MAPPING_THRESHOLD, REFINE_MIN_CELLS, refine_on_query
 
 if TYPE_CHECKING:
     pass
