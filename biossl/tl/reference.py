@@ -233,7 +233,7 @@ def map_query(
         graph joins the sample and the query well (mixing 0.5 or more, recorded as ``refine_mixing``), its
         propagated probabilities alone are the result, and a low-scoring cell seeds Unknown only where the
         sample's cells hardly reach (a known type the shift moved keeps reference cells around it; a type the
-        reference lacks does not). A predicted class of which hardly any query cell scores well (at most 5%, 20
+        reference lacks does not). A predicted class of which hardly any query cell scores well (at most 10%, 20
         low-scoring cells or more) seeds itself instead of Unknown where its expression contrast against the
         well-mapped classes matches its contrast in the sample about as well as theirs do: a known type that the
         shift moved as a whole, not a type the reference lacks put onto its nearest class (not with a numeric
