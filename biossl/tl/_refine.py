@@ -28,8 +28,8 @@ JOINED_UNKNOWN_SHARE = 0.1
 # would seed Unknown like a type the reference lacks. It is told apart by its expression contrast (its mean profile
 # against the query's well-mapped classes), which matches the class's contrast in the reference sample about as well
 # as the well-mapped classes' own contrasts match (_shifted_classes). Chosen on generated pbmc3k sets (divergent 12,
-# species-like 6, 12 and 14; shifted monocytes: 0.95-1.28 of the typical agreement) against the held-out cell lines
-# of cellbench (benchmarks/reference_mapping.py, novel part: 0.52-0.63, which must stay Unknown); the 10% share of
+# species-like 6, 12 and 14; shifted monocytes: 0.99-1.18 of the typical agreement) against the held-out cell lines
+# of cellbench (benchmarks/reference_mapping.py, novel part: 0.50-0.67, which must stay Unknown); the 10% share of
 # well-scoring cells on divergent 12's novel split, where 12 of its 204 mapped monocytes scored well
 SHIFTED_MIN_CELLS = 20  # low-scoring query cells of the class, and its cells in the reference sample, at least
 SHIFTED_MAX_WELL = 0.1  # the share of the class's query cells that score well, at most
@@ -72,6 +72,10 @@ def refine_on_query(
     """
     n = X.shape[0]
     counts, batch, ref_seeds = _expression_graph_input(X, present, batches, sample, sample_codes)
+    low = score < threshold
+    # a known type the shift moved as a whole seeds itself, not Unknown (not with a threshold the user chose); found
+    # on the raw counts, before pca_latent log-normalises them in place
+    shifted = np.zeros(0, dtype=np.int64) if hard else _shifted_classes(counts, ref_seeds, pred, low, n_classes)
     latent, _ = pca_latent(counts, 50, seed, batch=batch, copy=False)  # counts: a column selection, ours
     idx, dist = graph.knn(latent, int(min(k, counts.shape[0] - 1)), seed=seed)
     W = graph.gaussian_affinity(idx, dist)
@@ -80,7 +84,6 @@ def refine_on_query(
     mixing = float(graph.batch_mixing(idx, np.arange(len(idx)) < n_ref)["score"]) if n_ref else None
     joined = mixing is not None and mixing >= REFINE_JOINED_MIXING
     query_seeds = np.full(n, -1, dtype=np.int64)
-    low = score < threshold
 
     def seed_confident(members: np.ndarray, c: int) -> None:  # the more confident part of ``members`` seeds ``c``
         n_seeds = max(1, int(len(members) * REFINE_SEED_FRACTION))
@@ -91,8 +94,6 @@ def refine_on_query(
         candidates = (pred == c) & ~low
         agreeing = candidates & (graph_pred == c)  # a mapped call the expression graph does not share seeds nothing
         seed_confident(np.flatnonzero(agreeing if agreeing.any() else candidates), c)  # unless none agrees
-    # a known type the shift moved as a whole seeds itself, not Unknown (not with a threshold the user chose)
-    shifted = np.zeros(0, dtype=np.int64) if hard else _shifted_classes(counts, ref_seeds, pred, low, n_classes)
     for c in shifted:
         seed_confident(np.flatnonzero((pred == c) & low), c)
     low_cells = np.flatnonzero(low & ~np.isin(pred, shifted))
@@ -174,7 +175,7 @@ def _shifted_classes(counts, ref_seeds: np.ndarray, pred: np.ndarray, low: np.nd
     level, which cancels in a contrast within one data set, and the type's own pattern remains: the candidate is
     shifted where its correlation reaches ``SHIFTED_AGREEMENT`` times the median of the well-mapped classes' own
     (each against the others). A type the reference lacks, put onto its nearest class, has a contrast of its own
-    (cellbench's held-out cell lines: 0.52-0.63 of the typical agreement; shifted monocytes: 0.95-1.28).
+    (cellbench's held-out cell lines: 0.50-0.67 of the typical agreement; shifted monocytes: 0.99-1.18).
     """
     import scipy.sparse as sp
 
