@@ -221,6 +221,22 @@ def _row_correlation(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     return np.where(norm > 0, (A * B).sum(1) / np.maximum(norm, 1e-12), 0.0)
 
 
+def class_sums(L, codes: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The sum of each class's rows of ``L`` (cells × genes, CSR) and their number, as float64.
+
+    ``codes``: one class code per row (-1 = none). Returns ``(sums, sizes)``: classes × genes and one per class.
+    """
+    import scipy.sparse as sp
+
+    codes = np.asarray(codes, dtype=np.int64)
+    labelled = np.flatnonzero(codes >= 0)
+    members = sp.csr_matrix(
+        (np.ones(len(labelled), dtype=np.float32), (codes[labelled], labelled)), shape=(n_classes, L.shape[0])
+    )
+    sums = np.asarray((members @ L).todense(), dtype=np.float64)
+    return sums, np.bincount(codes[labelled], minlength=n_classes).astype(np.float64)
+
+
 def class_profiles(counts, codes: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """Mean log-normalised expression of each class, and how closely its own cells match it.
 
@@ -230,16 +246,10 @@ def class_profiles(counts, codes: np.ndarray, n_classes: int) -> tuple[np.ndarra
     of 3 cells is not judged by a profile its own cell made); a class of one cell gets the median over all
     cells. Returns ``(profiles, similarity)``: classes × genes and one value per class.
     """
-    import scipy.sparse as sp
-
     codes = np.asarray(codes, dtype=np.int64)
     L = _log_normalise(counts)
     labelled = np.flatnonzero(codes >= 0)
-    members = sp.csr_matrix(
-        (np.ones(len(labelled), dtype=np.float32), (codes[labelled], labelled)), shape=(n_classes, L.shape[0])
-    )
-    sums = np.asarray((members @ L).todense(), dtype=np.float64)
-    sizes = np.bincount(codes[labelled], minlength=n_classes).astype(np.float64)
+    sums, sizes = class_sums(L, codes, n_classes)
     profiles = sums / np.maximum(sizes, 1.0)[:, None]
     centre = profiles.mean(0)
     match = np.full(L.shape[0], np.nan)

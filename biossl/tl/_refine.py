@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import graph
+from ._mapping import class_sums
 from ._pca import log_normalise, pca_latent
 from ._propagation import annotation_predictor, normalise_rows
 
@@ -177,8 +178,6 @@ def _shifted_classes(counts, ref_seeds: np.ndarray, pred: np.ndarray, low: np.nd
     (each against the others). A type the reference lacks, put onto its nearest class, has a contrast of its own
     (cellbench's held-out cell lines: 0.50-0.67 of the typical agreement; shifted monocytes: 0.99-1.18).
     """
-    import scipy.sparse as sp
-
     n_ref = len(ref_seeds)
     none = np.zeros(0, dtype=np.int64)
     if not n_ref:
@@ -197,28 +196,20 @@ def _shifted_classes(counts, ref_seeds: np.ndarray, pred: np.ndarray, low: np.nd
         return none
     L = log_normalise(counts)
     sample, query = L[:n_ref], L[n_ref:]
-
-    def means(rows: sp.csr_matrix, codes: np.ndarray, classes: np.ndarray) -> np.ndarray:
-        members = sp.csr_matrix((np.ones(len(codes)), (np.searchsorted(classes, codes), np.arange(len(codes)))),
-                                shape=(len(classes), len(codes)))  # fmt: skip
-        sizes = np.asarray(members.sum(1)).ravel()
-        return np.asarray((members @ rows).todense()) / np.maximum(sizes, 1)[:, None]
-
     compared = np.flatnonzero(in_sample >= SHIFTED_CLASS_CELLS)
-    labelled = np.flatnonzero(np.isin(ref_seeds, compared))
-    ref_profiles = means(sample[labelled], ref_seeds[labelled], compared)
-    rows = np.flatnonzero(np.isin(pred, well) & ~low | np.isin(pred, candidates) & low)
-    query_profiles = means(query[rows], pred[rows], compared)
+    sums, sizes = class_sums(sample, ref_seeds, n_classes)
+    ref_profiles = sums / np.maximum(sizes, 1.0)[:, None]
+    kept = np.isin(pred, well) & ~low | np.isin(pred, candidates) & low  # the cells each class's profile is read from
+    sums, sizes = class_sums(query, np.where(kept, pred, -1), n_classes)
+    query_profiles = sums / np.maximum(sizes, 1.0)[:, None]
     detected = (np.asarray((sample > 0).sum(0)).ravel() >= 3) & (np.asarray((query > 0).sum(0)).ravel() >= 3)
-    spread = np.where(detected, ref_profiles.var(0), -1.0)
+    spread = np.where(detected, ref_profiles[compared].var(0), -1.0)
     genes = np.argsort(-spread, kind="stable")[: min(SHIFTED_CONTRAST_GENES, int(detected.sum()))]
     ref_profiles, query_profiles = ref_profiles[:, genes], query_profiles[:, genes]
-    at = {c: i for i, c in enumerate(compared)}
 
     def agreement(c: int, base: np.ndarray) -> float:
-        b = [at[d] for d in base]
-        ref = ref_profiles[at[c]] - ref_profiles[b].mean(0)
-        qry = query_profiles[at[c]] - query_profiles[b].mean(0)
+        ref = ref_profiles[c] - ref_profiles[base].mean(0)
+        qry = query_profiles[c] - query_profiles[base].mean(0)
         r = np.corrcoef(ref, qry)[0, 1]
         return float(r) if np.isfinite(r) else 0.0  # a constant contrast agrees with nothing
 
