@@ -40,6 +40,7 @@ def pca_latent(
     batch: np.ndarray | None = None,
     batch_correction: BatchCorrection = "auto",
     copy: bool = True,
+    normalised: bool = False,
 ) -> tuple[np.ndarray, dict]:
     """PCA of raw ``counts`` (cells × genes) after normalize_total (1e4) and log1p, and what was done about batches.
 
@@ -52,9 +53,10 @@ def pca_latent(
     does not mend is a difference in composition more than a shift (``benchmarks/nested_batches.py``). The
     returned dict holds
     ``batch_correction`` and the ``batch_mixing`` scores (empty without batches). ``copy=False`` lets the
-    log-normalisation overwrite ``counts`` (a matrix the caller built for this).
+    log-normalisation overwrite ``counts`` (a matrix the caller built for this); ``normalised=True`` takes ``counts``
+    as :func:`log_normalise`'s output already (it is read, not changed).
     """
-    L = log_normalise(counts, copy=copy)
+    L = counts if normalised else log_normalise(counts, copy=copy)
     single = batch is None or len(np.unique(batch)) < 2
     batch = None if batch is None else np.asarray(batch).astype(str)
     fit = fit_sample(L.shape[0], batch, seed)

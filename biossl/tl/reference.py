@@ -213,8 +213,9 @@ def map_query(
         ["hard_threshold"]`` is then True). ``uns["biossl"]["map_query"]["reference_mixing"]`` records how well
         the query mixes with the reference in the joint graph (:func:`biossl.graph.batch_mixing`; 1 = as if one
         data set), ``["refine_mixing"]`` how well the refinement's expression graph joins them (see ``refine``; absent
-        without a reference sample) and ``["shifted_classes"]`` the known types that the refinement kept although every
-        cell of theirs scored low (see ``refine``). Limits (``benchmarks/reference_mapping.py``): a known type far more
+        without a reference sample), ``["shifted_classes"]`` the known types that the refinement kept although every
+        cell of theirs scored low and ``["known_from_unknown"]`` how many cells it gave back their top class after
+        calling them Unknown (see ``refine``). Limits (``benchmarks/reference_mapping.py``): a known type far more
         abundant in the query than in the reference still scores low, and a novel type close to a known one in
         expression too (naive vs memory CD4 T cells) is hard to tell from it. Lower the threshold when a known type is
         called Unknown in bulk (the top class of ``obsm["{key_added}_proba"]`` still names it; a warning is logged when
@@ -236,8 +237,12 @@ def map_query(
         reference lacks does not). A predicted class of which hardly any query cell scores well (at most 10%, 20
         low-scoring cells or more) seeds itself instead of Unknown where its expression contrast against the
         well-mapped classes matches its contrast in the sample about as well as theirs do: a known type that the
-        shift moved as a whole, not a type the reference lacks put onto its nearest class (not with a numeric
-        ``mapping_threshold``). References saved without a sample use the query's own graph. Under a strong
+        shift moved as a whole, not a type the reference lacks put onto its nearest class. Cells the propagation
+        calls Unknown get their top class back where, grouped by it, their profile's contrast matches the class's
+        contrast in the sample (0.9 of the typical agreement) and lies near the class's query profile: a few Unknown
+        seeds can take a region of a known type (a part of such a group that fails on its own stays Unknown;
+        recorded as ``known_from_unknown``). Neither rule applies with a numeric ``mapping_threshold``.
+        References saved without a sample use the query's own graph. Under a strong
         shift (another technology or species) the frozen model aligns the query only roughly; expression
         neighbourhoods then carry the calls, and an Unknown call needs a region of the query, not a single low
         score (``benchmarks/strong_batch.py``). Skipped for queries under 30 cells.
@@ -382,7 +387,7 @@ class _QueryMapping:
         if mapping_threshold == "auto":
             mapping_threshold = REFINE_MAPPING_THRESHOLD if self.refine else AUTO_MAPPING_THRESHOLD
         self.mapping_threshold, self.unknown_threshold = mapping_threshold, unknown_threshold
-        self.refine_mixing, self.shifted = None, []
+        self.refine_mixing, self.shifted, self.known_from_unknown = None, [], 0
         if self.refine:
             self.proba, self.confidence, self.pred, unknown, info = refine_on_query(
                 self.X, self.present, self.codes, self.proba, self.pred, self.confidence, self.mapping_score,
@@ -391,6 +396,7 @@ class _QueryMapping:
             )  # fmt: skip
             self.refine_mixing = info["mixing"]
             self.shifted = [str(self.reference.classes[c]) for c in info["shifted"]]
+            self.known_from_unknown = info["known_from_unknown"]
         else:
             unknown = (self.pred < 0) | (self.mapping_score < mapping_threshold)
         if unknown_threshold is not None:
@@ -422,6 +428,7 @@ class _QueryMapping:
                 "reference_mixing": self.mixing,
                 "refine_mixing": self.refine_mixing,
                 "shifted_classes": self.shifted,
+                "known_from_unknown": self.known_from_unknown,
                 "distance_threshold": self.distance_threshold,
                 "wide_share_neighbors": self.wide_k,
                 "unknown_threshold": self.unknown_threshold,
@@ -436,7 +443,9 @@ class _QueryMapping:
             "map_query: %d of %d model genes matched; %d cells, %d Unknown%s",
             self.overlap["n_matched"], self.overlap["n_model_genes"], adata.n_obs, n_unknown,
             ("" if self.refine_mixing is None else f"; refinement graph mixing {self.refine_mixing:.2f}")
-            + (f"; moved as a whole by the shift, kept known: {', '.join(self.shifted)}" if self.shifted else ""),
+            + (f"; moved as a whole by the shift, kept known: {', '.join(self.shifted)}" if self.shifted else "")
+            + (f"; {self.known_from_unknown} cells called Unknown by the refinement express their top class and "
+               "keep it" if self.known_from_unknown else ""),
         )  # fmt: skip
         if n_unknown > UNKNOWN_WARN_SHARE * adata.n_obs:
             logger.warning(
