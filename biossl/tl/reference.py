@@ -235,9 +235,10 @@ def map_query(
         propagated probabilities alone are the result, and a low-scoring cell seeds Unknown only where the
         sample's cells hardly reach (a known type the shift moved keeps reference cells around it; a type the
         reference lacks does not). A predicted class of which hardly any query cell scores well (at most 10%, 20
-        low-scoring cells or more) seeds itself instead of Unknown where its expression contrast against the
-        well-mapped classes matches its contrast in the sample about as well as theirs do: a known type that the
-        shift moved as a whole, not a type the reference lacks put onto its nearest class. Cells the propagation
+        low-scoring cells or more; at most 3 times its share of the reference) seeds itself instead of Unknown where
+        its expression contrast against the well-mapped classes matches its contrast in the sample about as well
+        as theirs do: a known type that the shift moved as a whole, not a type the reference lacks put onto its
+        nearest class. Cells the propagation
         calls Unknown get their top class back where, grouped by it, their profile's contrast matches the class's
         contrast in the sample (0.9 of the typical agreement) and lies near the class's query profile: a few Unknown
         seeds can take a region of a known type (a part of such a group that fails on its own stays Unknown;
