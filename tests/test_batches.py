@@ -494,7 +494,7 @@ def test_unknown_cells_expressing_their_top_class_get_it_back_and_a_sibling_type
     # FCGR3A+ monocytes (absent from the sample, top class CD14+ Mono: the hardest sibling of
     # reference_mapping.py's held-out types) and all B cells (top class naive CD4 T). Measured (draws 0-2, shares
     # 0.3 / 0.5): 95-99% of those monocytes given back, 10-12% of the FCGR3A+ cells, no B cell; without the split of
-    # the group in two, every FCGR3A+ cell went with the monocytes
+    # the group in two, every FCGR3A+ cell went with the monocytes (share 0.3)
     from biossl.tl import _refine
     from biossl.tl._pca import log_normalise, pca_latent
     from biossl.tl._reference import expression_sample
