@@ -91,8 +91,8 @@ def refine_on_query(
     L = log_normalise(counts, copy=False)  # counts: a column selection, ours
     # the class contrasts tell a known type from one the reference lacks (not with a threshold the user chose)
     contrasts = _Contrasts(L, ref_seeds, n_classes) if len(ref_seeds) and not hard else None
-    labelled = np.asarray(sample_codes)[np.asarray(sample_codes) >= 0] if len(ref_seeds) else None
-    ref_counts = None if labelled is None else np.bincount(labelled, minlength=n_classes)  # the reference's classes
+    codes = np.asarray(sample_codes)
+    ref_counts = None if contrasts is None else np.bincount(codes[codes >= 0], minlength=n_classes)  # per class
     shifted = _shifted_classes(contrasts, pred, low, ref_counts)  # a type the shift moved as a whole seeds itself
     latent, _ = pca_latent(L, 50, seed, batch=batch, normalised=True)
     idx, dist = graph.knn(latent, int(min(k, counts.shape[0] - 1)), seed=seed)
@@ -207,6 +207,15 @@ class _Contrasts:
         self.genes = np.argsort(-spread, kind="stable")[: min(SHIFTED_CONTRAST_GENES, int(detected.sum()))]
         self.ref = ref_profiles[:, self.genes]
 
+    def comparable(self, sizes: np.ndarray) -> np.ndarray:
+        """The classes with ``SHIFTED_CLASS_CELLS`` cells in the sample and ``sizes`` (their query cells) at least."""
+        return np.flatnonzero((sizes >= SHIFTED_CLASS_CELLS) & (self.in_sample >= SHIFTED_CLASS_CELLS))
+
+    def profile(self, rows: np.ndarray) -> np.ndarray:
+        """The profile (compared genes) of the query cells ``rows`` (sorted), as :meth:`query_profiles` reads it."""
+        sums, _ = class_sums(self.query[rows], np.zeros(len(rows), dtype=np.int64), 1)
+        return sums[0, self.genes] / len(rows)
+
     def query_profiles(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Profiles (classes × compared genes) of the query cells by ``codes`` (-1: none), and their cell counts."""
         sums, sizes = class_sums(self.query, codes, self.n_classes)
@@ -246,8 +255,7 @@ def _shifted_classes(contrasts, pred: np.ndarray, low: np.ndarray, ref_counts: n
         & (in_sample >= SHIFTED_MIN_CELLS)
         & (n_low + n_well <= SHIFTED_MAX_GROWTH * len(pred) * ref_counts / max(ref_counts.sum(), 1))
     )
-    well = np.flatnonzero((n_well >= SHIFTED_CLASS_CELLS) & (in_sample >= SHIFTED_CLASS_CELLS))
-    well = np.setdiff1d(well, candidates)
+    well = np.setdiff1d(contrasts.comparable(n_well), candidates)
     if not len(candidates) or len(well) < 2:  # no contrast to compare, or no typical agreement to compare it with
         return none
     kept = np.isin(pred, well) & ~low | np.isin(pred, candidates) & low  # the cells each class's profile is read from
@@ -277,15 +285,13 @@ def _known_unknowns(contrasts, latent: np.ndarray, pred: np.ndarray, unknown: np
     if contrasts is None or not unknown.any():
         return out
     query, sizes = contrasts.query_profiles(np.where(unknown, -1, pred))
-    well = np.flatnonzero((sizes >= SHIFTED_CLASS_CELLS) & (contrasts.in_sample >= SHIFTED_CLASS_CELLS))
+    well = contrasts.comparable(sizes)
     typical = contrasts.typical(query, well) if len(well) >= 3 else 0.0  # a class and two others to compare with
     if typical <= 0:
         return out
 
     def known(c: int, rows: np.ndarray) -> bool:  # the group of query cells ``rows``, all of top class ``c``
-        codes = np.full(len(pred), -1, dtype=np.int64)
-        codes[rows] = c
-        group = contrasts.query_profiles(codes)[0][c]
+        group = contrasts.profile(rows)
         others = well[well != c]
         near = np.linalg.norm(group - query[c]) / np.linalg.norm(query[others] - query[c], axis=1).min()
         return contrasts.agreement(c, group, query, others) >= KNOWN_AGREEMENT * typical and near <= KNOWN_DISTANCE
