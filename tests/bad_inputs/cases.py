@@ -9,6 +9,7 @@ every case and checks it against the table, so the table cannot drift from what 
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -365,6 +366,7 @@ def trained(kind: str) -> Path:
     """A tiny VAE (``"model"``) or reference (``"reference"``) trained once on the simulated data; do not modify."""
     if kind not in _CACHE:
         root = Path(tempfile.mkdtemp(prefix="biossl-catalogue-"))
+        atexit.register(shutil.rmtree, root, ignore_errors=True)  # one per process; it used to outlive every run
         adata = sim()
         if kind == "model":
             biossl.tl.embed(adata, model="vae", max_steps=5, device="cpu", save_model=root / "model")
