@@ -28,7 +28,7 @@ EXACT_MAX_CELLS = 50_000
 PYNNDESCENT_TREES = 8
 # Below this batch-mixing score (:func:`batch_mixing`; :func:`mixing_floor` for the PCA's gate) labels hardly
 # cross batches on a kNN graph. Chosen on pbmc3k_two_technologies and the mild few-label sets (which score above it
-# and are left unchanged); baron_mouse_two_technologies was held out (README, "Strong batch effects").
+# and are left unchanged); baron_mouse_two_technologies was held out (benchmarks/strong_batch_log.md).
 MIXING_MIN = 0.2
 
 
