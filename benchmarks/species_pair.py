@@ -79,19 +79,19 @@ def make_pair(name: str):
         rng = np.random.default_rng(seed)
         types = query.obs["cell_type"].astype(str).to_numpy()
         rows = rng.integers(0, query.n_obs, n_query)
-        mates = np.array([rng.choice(np.flatnonzero(types == types[r])) for r in rows])
+        members = {t: np.flatnonzero(types == t) for t in np.unique(types)}  # each type's cells, found once
+        mates = np.array([rng.choice(members[types[r]]) for r in rows])
         X = ((X[rows] + X[mates]) * 0.5).tocsr()
         X.data = rng.poisson(X.data).astype(np.float32)
         X.eliminate_zeros()
         query = ad.AnnData(X, obs=query.obs.iloc[rows].reset_index(drop=True), var=query.var[[]].copy())
         query.obs_names = [f"q{i}" for i in range(n_query)]
     ref.obs, query.obs = ref.obs[["cell_type"]].copy(), query.obs[["cell_type"]].copy()
-    ref.var, query.var = ref.var[[]].copy(), query.var[[]].copy()
     if source.startswith("baron"):  # mouse data: the query becomes human
         query = biossl.pp.map_genes(query, "mouse_to_human", copy=True)
     else:  # human data: the reference becomes mouse
         ref = biossl.pp.map_genes(ref, "human_to_mouse", copy=True)
-    for x in (ref, query):
+    for x in (ref, query):  # nothing but the counts, gene names and truth: what a user's files would hold
         x.var = x.var[[]].copy()
         x.uns.clear()
     return ref, query, novel
