@@ -238,11 +238,11 @@ def map_query(
         low-scoring cells or more; at most 3 times its share of the reference) seeds itself instead of Unknown where
         its expression contrast against the well-mapped classes matches its contrast in the sample about as well
         as theirs do: a known type that the shift moved as a whole, not a type the reference lacks put onto its
-        nearest class. Cells the propagation
-        calls Unknown get their top class back where, grouped by it, their profile's contrast matches the class's
-        contrast in the sample (0.9 of the typical agreement) and lies near the class's query profile: a few Unknown
-        seeds can take a region of a known type (a part of such a group that fails on its own stays Unknown;
-        recorded as ``known_from_unknown``). Neither rule applies with a numeric ``mapping_threshold``.
+        nearest class. Cells the propagation calls Unknown get their top class back where, grouped by it, their
+        profile's contrast matches the class's contrast in the sample (0.9 of the typical agreement; 0.8 where the
+        group's profile is almost the class's query profile) and lies near the class's query profile: a few
+        Unknown seeds can take a region of a known type (a part of such a group that fails on its own stays
+        Unknown; recorded as ``known_from_unknown``). Neither rule applies with a numeric ``mapping_threshold``.
         References saved without a sample use the query's own graph. Under a strong
         shift (another technology or species) the frozen model aligns the query only roughly; expression
         neighbourhoods then carry the calls, and an Unknown call needs a region of the query, not a single low
