@@ -227,7 +227,8 @@ def map_query(
         labels, the more confident half of each predicted class among query cells whose mapping score reaches
         ``mapping_threshold`` and whose class the sample's labels alone, spread over that graph, give too (so a
         mapping that puts part of one type onto another does not seed its error; not checked when the sample and
-        the query hardly mix in that graph), and the lower-scoring half of
+        the query hardly mix in that graph unless the sample's calls agree with 60% of the well-scoring mapped
+        ones), and the lower-scoring half of
         the cells below it, as an "Unknown" class, are
         propagated over that graph as in :func:`biossl.tl.annotate`, and the result is averaged with the mapped
         probabilities (with a numeric ``mapping_threshold``, cells below it count as Unknown there). When that
