@@ -243,8 +243,10 @@ def map_query(
         profile's contrast matches the class's contrast in the sample (0.9 of the typical agreement; 0.8 where the
         group's profile is almost the class's query profile) and lies near the class's query profile: a few
         Unknown seeds can take a region of a known type (a part of such a group that fails on its own stays
-        Unknown; recorded as ``known_from_unknown``). Neither rule applies with a numeric ``mapping_threshold``.
-        References saved without a sample use the query's own graph. Under a strong
+        Unknown; recorded as ``known_from_unknown``). A group that fails for its top class gets, on the same
+        terms, the class whose query profile lies nearest its own (a type the reference holds few cells of,
+        mapped onto a neighbouring class); its probabilities of the two classes swap. Neither rule applies with a
+        numeric ``mapping_threshold``. References saved without a sample use the query's own graph. Under a strong
         shift (another technology or species) the frozen model aligns the query only roughly; expression
         neighbourhoods then carry the calls, and an Unknown call needs a region of the query, not a single low
         score (``benchmarks/strong_batch.py``). Skipped for queries under 30 cells.
@@ -446,8 +448,8 @@ class _QueryMapping:
             self.overlap["n_matched"], self.overlap["n_model_genes"], adata.n_obs, n_unknown,
             ("" if self.refine_mixing is None else f"; refinement graph mixing {self.refine_mixing:.2f}")
             + (f"; moved as a whole by the shift, kept known: {', '.join(self.shifted)}" if self.shifted else "")
-            + (f"; {self.known_from_unknown} cells called Unknown by the refinement express their top class and "
-               "keep it" if self.known_from_unknown else ""),
+            + (f"; {self.known_from_unknown} cells called Unknown by the refinement express a known class and "
+               "get it" if self.known_from_unknown else ""),
         )  # fmt: skip
         if n_unknown > UNKNOWN_WARN_SHARE * adata.n_obs:
             logger.warning(
