@@ -7,46 +7,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-from anndata import AnnData
+from conftest import _resampled
 
 import biossl
 from biossl import graph
 from biossl.graph import MIXING_MIN
 from biossl.metrics import macro_f1
 from biossl.tl._pca import _pca_scaled_per_batch
-
-
-def _two_technologies(adata: AnnData, seed: int = 0) -> AnnData:
-    """Half the cells re-sampled as another technology: Poisson(count × gene factor × 0.5), 20% of genes absent.
-
-    The recipe of ../shared/data/strong_batch (gene factor exp(N(0, 1))), applied to the shipped pbmc3k.
-    """
-    rng = np.random.default_rng(seed)
-    shift = rng.random(adata.n_obs) < 0.5
-    factor = np.exp(rng.normal(0.0, 1.0, adata.n_vars)) * 0.5
-    factor[rng.random(adata.n_vars) < 0.2] = 0.0
-    X = _resampled(adata.X, np.flatnonzero(shift), factor, rng)
-    out = AnnData(X=X, obs=adata.obs[["cell_type"]].copy(), var=adata.var[[]].copy())
-    out.obs["batch"] = pd.Categorical(np.where(shift, "tech_B", "tech_A"))
-    keep = np.asarray(X.sum(1)).ravel() > 0
-    return out[keep].copy()
-
-
-def _resampled(X, rows: np.ndarray, factor: np.ndarray, rng: np.random.Generator) -> sp.csr_matrix:
-    """``X`` (float32 CSR) with the counts of ``rows`` re-sampled as Poisson(count × ``factor`` of their gene)."""
-    X = sp.csr_matrix(X, dtype=np.float64)
-    B = X[rows].tocoo()
-    B.data = rng.poisson(B.data * factor[B.col]).astype(np.float64)
-    X = X.tolil()
-    X[rows] = sp.csr_matrix(B)
-    X = sp.csr_matrix(X, dtype=np.float32)
-    X.eliminate_zeros()
-    return X
-
-
-@pytest.fixture(scope="module")
-def _strong(_pbmc_full) -> AnnData:
-    return _two_technologies(_pbmc_full)
 
 
 @pytest.fixture(scope="module")

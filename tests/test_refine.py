@@ -6,14 +6,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 from anndata import AnnData
-from test_batches import _resampled, _two_technologies
+from conftest import _resampled
 
 from biossl.metrics import macro_f1
-
-
-@pytest.fixture(scope="module")
-def _strong(_pbmc_full) -> AnnData:
-    return _two_technologies(_pbmc_full)
 
 
 def _refinement_inputs(strong: AnnData):

@@ -124,9 +124,10 @@ def refine_on_query(
         n_seeds = max(1, int(len(members) * REFINE_SEED_FRACTION))
         query_seeds[members[np.argsort(-confidence[members], kind="stable")[:n_seeds]]] = c
 
-    graph_pred = _reference_only_calls(spread, ref_seeds, n, n_classes, mixing, pred, (pred >= 0) & ~low)
-    for c in np.unique(pred[(pred >= 0) & ~low]):
-        candidates = (pred == c) & ~low
+    well = (pred >= 0) & ~low  # the query cells mapped to a class with a score that reaches ``threshold``
+    graph_pred = _reference_only_calls(spread, ref_seeds, n, n_classes, mixing, pred, well)
+    for c in np.unique(pred[well]):
+        candidates = well & (pred == c)
         agreeing = candidates & (graph_pred == c)  # a mapped call the expression graph does not share seeds nothing
         seed_confident(np.flatnonzero(agreeing if agreeing.any() else candidates), c)  # unless none agrees
     for c in shifted:
@@ -203,10 +204,9 @@ def _reference_only_calls(
         return np.full(n, -1, dtype=np.int64)
     seeds = np.concatenate([ref_seeds, np.full(n, -1, dtype=np.int64)])
     calls = used[spread(seeds, n_classes)[len(ref_seeds) :, used].argmax(1)]
-    agreement = float(np.mean(calls[well] == mapped[well])) if well.any() else 0.0
-    if mixing < graph.MIXING_MIN and agreement < REFINE_GRAPH_AGREEMENT:
-        return np.full(n, -1, dtype=np.int64)
-    return calls
+    if mixing >= graph.MIXING_MIN or (well.any() and np.mean(calls[well] == mapped[well]) >= REFINE_GRAPH_AGREEMENT):
+        return calls
+    return np.full(n, -1, dtype=np.int64)
 
 
 class _Contrasts:
