@@ -197,6 +197,42 @@ def test_unreachable_cells_are_unknown():
     assert (adata.obsm["biossl_proba"][island] == 0).all()
     assert (adata.obs["biossl_label"][~island] != "Unknown").all()
     assert adata.uns["biossl"]["annotate"]["n_unknown"] == int(island.sum())
+    assert adata.uns["biossl"]["annotate"]["n_attached"] == 0  # far beyond any reached cell's neighbourhood
+
+
+def _cut_off(adata: AnnData, cells: np.ndarray) -> None:
+    """Remove every graph edge between ``cells`` and the other cells (connectivities and distances)."""
+    inside = np.zeros(adata.n_obs, dtype=bool)
+    inside[cells] = True
+    for key in ("biossl_connectivities", "biossl_distances"):
+        M = adata.obsp[key].tocoo()
+        keep = inside[M.row] == inside[M.col]
+        adata.obsp[key] = sp.csr_matrix((M.data[keep], (M.row[keep], M.col[keep])), shape=M.shape)
+
+
+def test_unreached_cells_near_the_graph_take_their_neighbours_call(pbmc_embedded):
+    """Half of the unlabelled B cells and half of the CD14+ monocytes, cut off from the graph (as a shifted
+    batch's type can be), take the call of their nearest reached cells, less sure than the halves left on the graph."""
+    adata = pbmc_embedded
+    truth = adata.obs["cell_type"].astype(str).to_numpy()
+    unlabelled = adata.obs["labels"].isna().to_numpy()
+    rng = np.random.default_rng(0)
+    cut = np.concatenate(
+        [rng.choice(np.flatnonzero(unlabelled & (truth == t)), (unlabelled & (truth == t)).sum() // 2, replace=False)
+         for t in ("B", "CD14+ Mono")]
+    )  # fmt: skip
+    _cut_off(adata, cut)
+    annotated(adata)
+    label = adata.obs["biossl_label"].astype(str).to_numpy()
+    conf = adata.obs["biossl_confidence"].to_numpy()
+    assert adata.uns["biossl"]["annotate"]["n_attached"] == len(cut)
+    assert np.mean(label[cut] == truth[cut]) > 0.9
+    kept = unlabelled & np.isin(truth, ["B", "CD14+ Mono"]) & ~np.isin(np.arange(adata.n_obs), cut)
+    assert np.median(conf[cut]) < np.median(conf[kept])  # the same types, still on the graph
+    np.testing.assert_allclose(adata.obsm["biossl_proba"][cut].sum(1), 1.0, atol=1e-5)
+
+    refined_off = annotated(adata.copy(), refine=False)  # needs no self-training: the graph's representation
+    assert refined_off.uns["biossl"]["annotate"]["n_attached"] == len(cut)
 
 
 def test_identical_cells_are_annotated(sim):
