@@ -143,9 +143,11 @@ def annotate(
         )
         write_h5ad(adata, output, force=force)
     n_unknown = int((adata.obs["biossl_label"] == "Unknown").sum())
+    n_attached = 0 if markers is not None else int(adata.uns["biossl"]["annotate"].get("n_attached", 0))
+    attached = f", {n_attached} without a graph path to a label called from their nearest cells" if n_attached else ""
     saved = f"; model saved to {save_model}" if save_model else ""
     echo_summary(
-        f"annotated {adata.n_obs} cells from {seeds} ({n_types} types, {n_unknown} Unknown; {how}) "
+        f"annotated {adata.n_obs} cells from {seeds} ({n_types} types, {n_unknown} Unknown{attached}; {how}) "
         f"in {elapsed(start)} -> {output}{saved}"
     )
 
