@@ -334,7 +334,7 @@ def mnn_bridges(
         kb = int(min(k, len(inside)))
         if kb < 1 or len(outside) == 0:
             continue
-        idx, dist = _query(X[inside], X[outside], kb, method=method, seed=seed)
+        idx, dist = knn_query(X[inside], X[outside], kb, method=method, seed=seed)
         rows.append(np.repeat(outside, kb))
         cols.append(inside[idx.ravel()])
         dists.append(dist.ravel())
@@ -350,7 +350,7 @@ def mnn_bridges(
     return sp.csr_matrix((w, (mutual.row, mutual.col)), shape=(n, n))
 
 
-def _query(data: np.ndarray, queries: np.ndarray, k: int, *, method: KnnMethod, seed: int):
+def knn_query(data: np.ndarray, queries: np.ndarray, k: int, *, method: KnnMethod, seed: int):
     """Indices into ``data`` and distances of the ``k`` nearest rows of ``data`` to each row of ``queries``."""
     small = data.shape[0] <= 2_000  # an index of a few cells: exact (pynndescent needs more cells than neighbours)
     if method == "auto":

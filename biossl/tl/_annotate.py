@@ -8,6 +8,7 @@ import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 
+from .. import graph
 from .._docs import doc_params
 from .._record import record
 from ._propagation import (
@@ -170,12 +171,11 @@ def attach_unreached(adata: AnnData, proba: np.ndarray, neighbors_key: str | Non
     rep = graph_representation(adata, neighbors_key)
     if rep is None:
         return proba, 0
-    from sklearn.neighbors import NearestNeighbors
-
     radius = sp.csr_matrix(adata.obsp[key]).max(axis=1).toarray().ravel()
     found = np.flatnonzero(reached)
     k = min(ATTACH_NEIGHBORS, len(found))
-    dist, idx = NearestNeighbors(n_neighbors=k).fit(rep[found]).kneighbors(rep[~reached])
+    data = np.ascontiguousarray(rep, dtype=np.float32)
+    idx, dist = graph.knn_query(data[found], data[~reached], k, method="auto", seed=0)  # pynndescent when large
     idx = found[idx]
     ratio = dist[:, 0] / np.maximum(radius[idx[:, 0]], np.finfo(np.float32).tiny)
     near = ratio <= ATTACH_MAX_RATIO
