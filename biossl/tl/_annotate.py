@@ -152,8 +152,9 @@ def annotate(
 # how far the nearest one lies: weight r / d, with d that distance and r that cell's neighbourhood radius (the
 # distance to its farthest graph neighbour). Beyond d = ATTACH_MAX_RATIO * r the cell stays Unknown. On generated
 # species pairs (benchmarks/species_pair.py, the pooled path) such cells were whole query types left without an
-# edge to the reference, at d / r = 1.0-4.4; their neighbours' vote was right for 35-100% of them (mean 89%) where
-# the self-training classifier's was right for 31-100% (mean 64%), at confidence 1.0.
+# edge to the reference, at d / r = 1.0-4.4; on the nine sets with any, their neighbours' mean was right for 35-100%
+# of them (mean 91%), the 15 nearest labelled cells' vote for 0-99% (mean 55%), and on seven of the sets the
+# self-training classifier's call for 31-100% (mean 64%), at confidence 1.0 (benchmarks/strong_batch_log.md).
 ATTACH_NEIGHBORS = 15
 ATTACH_MAX_RATIO = 5.0
 
