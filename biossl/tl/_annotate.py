@@ -175,8 +175,9 @@ def attach_unreached(adata: AnnData, proba: np.ndarray, neighbors_key: str | Non
     radius = sp.csr_matrix(adata.obsp[key]).max(axis=1).toarray().ravel()
     found = np.flatnonzero(reached)
     k = min(ATTACH_NEIGHBORS, len(found))
-    data = np.ascontiguousarray(rep, dtype=np.float32)
-    idx, dist = graph.knn_query(data[found], data[~reached], k, method="auto", seed=0)  # pynndescent when large
+    index = np.asarray(rep[found], dtype=np.float32)  # row selections: copies of these rows only, not of ``rep``
+    queries = np.asarray(rep[~reached], dtype=np.float32)
+    idx, dist = graph.knn_query(index, queries, k, method="auto", seed=0)  # pynndescent when large
     idx = found[idx]
     ratio = dist[:, 0] / np.maximum(radius[idx[:, 0]], np.finfo(np.float32).tiny)
     near = ratio <= ATTACH_MAX_RATIO
