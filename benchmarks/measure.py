@@ -77,4 +77,19 @@ def machine() -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "torch_cpu_capability": _torch_cpu_capability(),
     }
+
+
+def _torch_cpu_capability() -> str | None:
+    """The vector instruction set torch's CPU kernels dispatch to (``ATEN_CPU_CAPABILITY`` overrides it).
+
+    A trained model's latent depends on it through float rounding: on one machine, forcing ``avx2`` instead of the
+    detected ``avx512`` moved ``strong_batch.py``'s ``biossl_map`` rows by -0.023 to +0.018 with the same code and
+    seeds (``benchmarks/strong_batch_log.md``), so runs compare only at the same capability.
+    """
+    try:
+        import torch
+    except ImportError:
+        return None
+    return str(torch.backends.cpu.get_cpu_capability())

@@ -234,8 +234,9 @@ def test_map_query_keeps_a_known_type_known_when_it_alone_shifts(_strong, _stron
     # them stay known than when every cell scoring below the refinement threshold is called Unknown outright
     # (mapping_threshold=0.5). Measured over shift seeds 1-3: 15-21% of them Unknown against 33-44% outright in the
     # environment of 2026-12-06; 15-33% (mean 25%) against 33-40% (mean 36%) after the rebuild of 2026-12-07
-    # (same code, another machine kernel; the cause was not isolated), so the test reads the mean of the shifts. Every
-    # query cell Unknown: 3.1-6.6% after the rebuild (below 6% before it); macro-F1 0.85-0.88
+    # (same code, another machine: torch's kernels round differently per instruction set, see strong_batch_log.md),
+    # so the test reads the mean of the shifts. Every query cell Unknown: 3.1-6.6% after the rebuild (below 6%
+    # before it); macro-F1 0.85-0.88
     is_b = (_strong.obs["batch"] == "tech_B").to_numpy()
     truth = _strong.obs["cell_type"].astype(str).to_numpy()
     rows = np.flatnonzero(is_b & (truth == "CD14+ Mono"))
