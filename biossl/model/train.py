@@ -103,7 +103,7 @@ def train(
     kl_warmup: float = 0.3,
     validation_fraction: float = 0.1,
     eval_every: int = 100,
-    patience: int = 8,
+    patience: int = 4,
     seed: int = 0,
     device: torch.device,
     progress: bool | None = None,
@@ -113,8 +113,12 @@ def train(
     """Train ``module`` on count rows ``X`` (cells × genes, CSR or dense) for at most ``max_steps`` steps.
 
     A random ``validation_fraction`` of cells (at most 2,000) is held out; every ``eval_every`` steps
-    the held-out ELBO is computed and training stops after ``patience`` evaluations without improvement
-    (the best weights are restored). The KL weight rises linearly over the first ``kl_warmup`` of the budget.
+    the held-out ELBO is computed, and once the KL weight, which rises linearly over the first ``kl_warmup`` of
+    the budget, has reached 1, training stops after ``patience`` evaluations without improvement (the best
+    weights are restored). On references and embeddings of 600-2,000 cells the best came at the first evaluation
+    after the warm-up and never again (26 fits: 12 strong-batch references, 4 of the reference-mapping table, VAE
+    and AE on the three few-label sets); 8 evaluations of patience trained 800 steps for nothing there, 4 give
+    the same weights 400 steps sooner. On ~19,000 cells it improved at every evaluation up to the budget.
     ``parameters`` restricts what is trained (default: everything); ``gene_mask`` (0/1 per gene) leaves
     genes absent from the data out of the likelihood. Returns the training history (h5ad-writable).
     """

@@ -1,0 +1,32 @@
+"""Early stopping of the count model's training, on real counts."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from biossl.model.train import train
+from biossl.model.vae import CountAutoencoder
+
+
+def test_training_stops_four_evaluations_after_its_best_and_keeps_the_best_weights(pbmc_small):
+    X = sp.csr_matrix(pbmc_small.X, dtype=np.float32)
+    batch = np.zeros(pbmc_small.n_obs, dtype=np.int64)
+    torch.manual_seed(0)
+    module = CountAutoencoder(X.shape[1])
+    history = train(module, X, batch, max_steps=1500, seed=0, device=torch.device("cpu"))
+    steps, losses = np.array(history["step"]), np.array(history["val_loss"])
+    eligible = steps >= int(0.3 * 1500)  # the ELBO counts only once the KL warm-up has ended
+    best = np.flatnonzero(eligible)[np.argmin(losses[eligible])]
+    # 600 cells overfit soon after the warm-up: training stops early, 4 evaluations (400 steps) after the best
+    assert history["steps"] < 1500
+    assert history["steps"] == steps[best] + 400 == steps[-1]
+    assert history["best_val_loss"] == losses[best]
+    # the weights of the best evaluation are restored: the held-out loss read again is the best one
+    val = history["validation_index"]
+    with torch.no_grad():
+        x = torch.as_tensor(X[val].toarray())
+        loss, _ = module.loss(x, torch.zeros(len(val), 0), None, 1.0)
+    assert abs(float(loss) - losses[best]) < 1e-3 * abs(losses[best])
+    assert float(loss) < losses[-1]
