@@ -115,10 +115,11 @@ def train(
     A random ``validation_fraction`` of cells (at most 2,000) is held out; every ``eval_every`` steps
     the held-out ELBO is computed, and once the KL weight, which rises linearly over the first ``kl_warmup`` of
     the budget, has reached 1, training stops after ``patience`` evaluations without improvement (the best
-    weights are restored). On references and embeddings of 600-2,000 cells the best came at the first evaluation
-    after the warm-up and never again (26 fits: 12 strong-batch references, 4 of the reference-mapping table, VAE
-    and AE on the three few-label sets); 8 evaluations of patience trained 800 steps for nothing there, 4 give
-    the same weights 400 steps sooner. On ~19,000 cells it improved at every evaluation up to the budget.
+    weights are restored). On references and embeddings of 600-2,000 cells the best came at the first or second
+    evaluation after the warm-up and never later (22 fits: 12 strong-batch references, 4 of the reference-mapping
+    table, VAE and AE on the three few-label sets); 8 evaluations of patience trained 800 steps for nothing
+    there, 4 give the same weights 400 steps sooner. On ~19,000 cells it improved at every evaluation up to the
+    budget.
     ``parameters`` restricts what is trained (default: everything); ``gene_mask`` (0/1 per gene) leaves
     genes absent from the data out of the likelihood. Returns the training history (h5ad-writable).
     """
