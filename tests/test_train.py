@@ -30,3 +30,32 @@ def test_training_stops_four_evaluations_after_its_best_and_keeps_the_best_weigh
         loss, _ = module.loss(x, torch.zeros(len(val), 0), None, 1.0)
     assert abs(float(loss) - losses[best]) < 1e-3 * abs(losses[best])
     assert float(loss) < losses[-1]
+
+
+def test_sparse_counts_train_exactly_as_dense_ones(pbmc_small):
+    """The likelihood reads the non-zero counts from the CSR structure instead of searching the dense rows:
+    same weights to the bit, also when the rows store explicit zeros and unsorted column indices."""
+    dense = np.asarray(pbmc_small.X.toarray() if sp.issparse(pbmc_small.X) else pbmc_small.X, dtype=np.float32)
+    untidy = sp.csr_matrix(dense)
+    untidy.data[::7] = 0.0  # explicit zeros
+    dense = untidy.toarray()
+    for r in range(0, untidy.shape[0], 3):  # reverse the column order of every third row
+        lo, hi = untidy.indptr[r], untidy.indptr[r + 1]
+        untidy.indices[lo:hi], untidy.data[lo:hi] = untidy.indices[lo:hi][::-1].copy(), untidy.data[lo:hi][::-1].copy()
+    untidy.has_sorted_indices = False
+    assert (untidy.data == 0).any()
+    states, histories = [], []
+    for X in (dense, untidy):
+        torch.manual_seed(0)
+        module = CountAutoencoder(X.shape[1])
+        history = train(
+            module, X, np.zeros(X.shape[0], dtype=np.int64), max_steps=200, seed=0, device=torch.device("cpu")
+        )
+        states.append(module.state_dict())
+        histories.append(history)
+    for name, value in states[0].items():
+        assert torch.equal(value, states[1][name]), name
+    # the losses too (the order in which a cell's terms are summed shows there, not in the gradients)
+    assert histories[0]["train_loss"] == histories[1]["train_loss"]
+    assert histories[0]["val_loss"] == histories[1]["val_loss"]
+    assert np.array_equal(untidy.toarray(), dense)  # the caller's matrix is left as it was

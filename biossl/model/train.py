@@ -38,6 +38,26 @@ def rows_to_tensor(X, idx: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32)).to(device)
 
 
+def count_rows(
+    X, idx: np.ndarray, device: torch.device
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    """Rows ``idx`` as a dense float32 tensor, with the (row, column) indices of their non-zero counts.
+
+    The indices come from the CSR structure in the row-major order of ``torch.nonzero``, which they replace
+    in the likelihood (:func:`~biossl.model.vae.log_nb`) at a fraction of its cost (about 0.5 ms of a 10-12 ms
+    training step on 128 × 2,000 counts); ``None`` for dense rows (the likelihood then finds them itself).
+    """
+    block = X[idx]
+    if not sp.issparse(block):
+        return torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32)).to(device), None
+    block = sp.csr_matrix(block, dtype=np.float32)  # a copy of the rows: safe to tidy in place
+    block.sum_duplicates()  # also sorts the column indices of each row
+    block.eliminate_zeros()
+    rows = np.repeat(np.arange(block.shape[0], dtype=np.int64), np.diff(block.indptr))
+    nonzero = (torch.from_numpy(rows).to(device), torch.from_numpy(block.indices.astype(np.int64)).to(device))
+    return torch.from_numpy(block.toarray()).to(device), nonzero
+
+
 def onehot(batch: np.ndarray, n_batches: int, device: torch.device) -> torch.Tensor:
     """One-hot rows for batch codes; code -1 (a batch the model never saw) gets the uniform mixture."""
     out = torch.zeros((len(batch), n_batches), device=device)
@@ -153,9 +173,8 @@ def train(
         idx = np.sort(order[pos : pos + batch_size])
         pos += batch_size
         oh = onehot(batch[idx], module.n_batches, device)
-        loss, _ = module.loss(
-            rows_to_tensor(X, idx, device), oh, batch_t[idx].to(device), min(1.0, step / warm), gene_mask=mask_t
-        )
+        x, nonzero = count_rows(X, idx, device)
+        loss, _ = module.loss(x, oh, batch_t[idx].to(device), min(1.0, step / warm), gene_mask=mask_t, nonzero=nonzero)
         _gradient_step(opt, loss, trained)
         running += float(loss.detach())
         steps_done, since_eval = step, since_eval + 1
@@ -211,9 +230,10 @@ class _HeldOutLoss:
             for s in range(0, n_val, 1024):
                 idx = self.val_idx[s : s + 1024]
                 rows = (self.X, idx) if self.X_val is None else (self.X_val, np.arange(s, s + len(idx)))
-                x = rows_to_tensor(*rows, self.device)
+                x, nonzero = count_rows(*rows, self.device)
                 oh = onehot(self.batch[idx], module.n_batches, self.device)
-                loss, _ = module.loss(x, oh, self.batch_t[idx].to(self.device), 1.0, gene_mask=self.mask_t)
+                bt = self.batch_t[idx].to(self.device)
+                loss, _ = module.loss(x, oh, bt, 1.0, gene_mask=self.mask_t, nonzero=nonzero)
                 tot += float(loss) * len(idx)
         module.train()
         return tot / max(n_val, 1)

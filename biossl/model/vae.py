@@ -23,21 +23,26 @@ def _mlp(n_in: int, n_hidden: int, n_layers: int, dropout: float) -> nn.Sequenti
 
 
 def log_nb(
-    x: torch.Tensor, log_mu: torch.Tensor, log_theta: torch.Tensor, mask: torch.Tensor | None = None
+    x: torch.Tensor,
+    log_mu: torch.Tensor,
+    log_theta: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    nonzero: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Log-likelihood of counts ``x`` under NB(mean ``exp(log_mu)``, inverse dispersion ``exp(log_theta)``).
 
     Summed per cell, without the ``-lgamma(x + 1)`` term (constant in the parameters). The
     ``lgamma(x + theta) - lgamma(theta)`` term vanishes where ``x == 0``, so it is evaluated only on the
     non-zero entries: counts are sparse and lgamma (and digamma in the backward pass) dominate the cost.
-    Genes where ``mask`` is 0 (absent from the data) do not count.
+    Genes where ``mask`` is 0 (absent from the data) do not count. ``nonzero``: the (row, column) indices of the
+    non-zero entries of ``x`` in row-major order, when known (as ``torch.nonzero(x, as_tuple=True)`` gives them).
     """
     theta = log_theta.exp()
     log_theta_mu = torch.logaddexp(log_theta, log_mu)
     dense = theta * (log_theta - log_theta_mu) + x * (log_mu - log_theta_mu)
     if mask is not None:
         dense = dense * mask
-    rows, cols = torch.nonzero(x, as_tuple=True)
+    rows, cols = torch.nonzero(x, as_tuple=True) if nonzero is None else nonzero
     th = theta[cols] if theta.dim() == 1 else theta[rows, cols]
     sparse = torch.lgamma(x[rows, cols] + th) - torch.lgamma(th)
     per_cell = dense.sum(1).index_add(0, rows, sparse)
@@ -117,11 +122,12 @@ class CountAutoencoder(nn.Module):
         kl_weight: float = 1.0,
         adv_weight: float = 1.0,
         gene_mask: torch.Tensor | None = None,
+        nonzero: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Mean negative ELBO per cell (plus the adversarial term when enabled).
 
         ``gene_mask`` (0/1 per gene) leaves genes missing from the data out of the likelihood
-        (their zero-filled counts would otherwise be read as true zeros).
+        (their zero-filled counts would otherwise be read as true zeros); ``nonzero`` as in :func:`log_nb`.
         """
         mu_z, logvar = self.encode(x, onehot)
         if self.variational and self.training:
@@ -130,7 +136,7 @@ class CountAutoencoder(nn.Module):
             z = mu_z
         log_rho = self.log_fractions(z, onehot)
         log_lib = torch.log(x.sum(1, keepdim=True).clamp(min=1.0))
-        ll = log_nb(x, log_lib + log_rho, self.log_theta, gene_mask)
+        ll = log_nb(x, log_lib + log_rho, self.log_theta, gene_mask, nonzero)
         recon = -ll.mean()
         if self.variational:
             kl = (0.5 * (mu_z.pow(2) + logvar.exp() - 1.0 - logvar)).sum(1).mean()
