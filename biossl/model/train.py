@@ -31,11 +31,14 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def _float_tensor(block, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32)).to(device)
+
+
 def rows_to_tensor(X, idx: np.ndarray, device: torch.device) -> torch.Tensor:
     """Dense float32 tensor of rows ``idx`` of a dense or sparse (CSR) matrix."""
     block = X[idx]
-    block = block.toarray() if sp.issparse(block) else np.asarray(block)
-    return torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32)).to(device)
+    return _float_tensor(block.toarray() if sp.issparse(block) else block, device)
 
 
 def count_rows(
@@ -49,13 +52,13 @@ def count_rows(
     """
     block = X[idx]
     if not sp.issparse(block):
-        return torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32)).to(device), None
+        return _float_tensor(block, device), None
     block = sp.csr_matrix(block, dtype=np.float32)  # a copy of the rows: safe to tidy in place
     block.sum_duplicates()  # also sorts the column indices of each row
     block.eliminate_zeros()
     rows = np.repeat(np.arange(block.shape[0], dtype=np.int64), np.diff(block.indptr))
     nonzero = (torch.from_numpy(rows).to(device), torch.from_numpy(block.indices.astype(np.int64)).to(device))
-    return torch.from_numpy(block.toarray()).to(device), nonzero
+    return _float_tensor(block.toarray(), device), nonzero
 
 
 def onehot(batch: np.ndarray, n_batches: int, device: torch.device) -> torch.Tensor:
