@@ -170,8 +170,11 @@ def mapped(ref, query, novel, work: Path) -> dict:
     }
 
 
-def pooled(ref, query, novel) -> dict:
-    """pp.map_genes + concat + the default pooled path, species as the batch key."""
+def pooled_path(ref, query, *, novelty: bool = False):
+    """pp.map_genes + concat + the default pooled path (and ``tl.novelty``), species as the batch key.
+
+    Returns the joined AnnData (``obs["labels"]``: the reference's types), the query mask and the measured times.
+    """
     import anndata as ad
 
     import biossl
@@ -184,7 +187,14 @@ def pooled(ref, query, novel) -> dict:
         biossl.tl.embed(both, seed=0)
         biossl.tl.neighbors(both)
         biossl.tl.annotate(both, "labels")
-    is_q = (both.obs["species"] == "human").to_numpy()
+        if novelty:
+            biossl.tl.novelty(both, "labels")
+    return both, (both.obs["species"] == "human").to_numpy(), m
+
+
+def pooled(ref, query, novel) -> dict:
+    """The default pooled path (:func:`pooled_path`), scored on the query."""
+    both, is_q, m = pooled_path(ref, query)
     truth = both.obs["cell_type"].astype(str).to_numpy()[is_q]
     pred = both.obs["biossl_label"].astype(str).to_numpy()[is_q]
     return {**_scores(truth, pred, ref.obs["cell_type"].unique(), novel), "wall_s": m["wall_s"], "cpu_s": m["cpu_s"]}

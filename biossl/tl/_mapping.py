@@ -221,6 +221,13 @@ def _row_correlation(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     return np.where(norm > 0, (A * B).sum(1) / np.maximum(norm, 1e-12), 0.0)
 
 
+def _standardised_rows(A: np.ndarray) -> np.ndarray:
+    """Rows centred and scaled to unit norm (constant rows: zeros), so ``A @ B.T`` holds Pearson correlations."""
+    A = A - A.mean(1, keepdims=True)
+    norm = np.linalg.norm(A, axis=1, keepdims=True)
+    return np.divide(A, norm, out=np.zeros_like(A), where=norm > 0)
+
+
 def class_sums(L, codes: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """The sum of each class's rows of ``L`` (cells × genes, CSR) and their number, as float64.
 
@@ -273,6 +280,7 @@ def expression_ratio(
     similarity: np.ndarray,
     *,
     batches: np.ndarray | None = None,
+    best_for_unassigned: bool = False,
 ) -> np.ndarray:
     """How well each cell's expression matches its predicted class, relative to what is typical (1 = typical).
 
@@ -283,7 +291,8 @@ def expression_ratio(
     correlated with the class profile (:func:`class_profiles`) and divided by the class's typical match
     (``similarity``), then by the 75th percentile of that ratio in its batch (another technology lowers
     every match; while at most half the batch is novel, with lower ratios, that percentile is the known
-    cells' median). 1 where ``pred`` is -1.
+    cells' median). 1 where ``pred`` is -1, or with ``best_for_unassigned`` the match with the class it matches
+    best (a cell no class was given to is novel only if it matches none).
     """
     import scipy.sparse as sp
 
@@ -302,19 +311,23 @@ def expression_ratio(
     smooth = sp.csr_matrix((np.ones(same.sum()), (rows[same], cols[same])), shape=(n, n)) + sp.identity(n)
     smooth = (sp.diags(1.0 / np.asarray(smooth.sum(1)).ravel()) @ smooth).tocsr()
     reached = pred >= 0
+    scored = reached | best_for_unassigned
     ratio = np.ones(n)
     for s in range(0, n, 4096):
-        r = np.arange(s, min(n, s + 4096))
-        r = r[reached[r]]
+        chunk = np.arange(s, min(n, s + 4096))
+        r, u = chunk[reached[chunk]], chunk[scored[chunk] & ~reached[chunk]]
         if len(r):
             x = np.asarray((smooth[r] @ L).todense()) - centre
             ratio[r] = _row_correlation(x, shifted[pred[r]]) / np.maximum(similarity[pred[r]], 1e-3)
+        if len(u):  # every class's match, the best kept
+            x = np.asarray((smooth[u] @ L).todense()) - centre
+            ratio[u] = (_standardised_rows(x) @ _standardised_rows(shifted).T / np.maximum(similarity, 1e-3)).max(1)
     batches = np.zeros(n, dtype=np.int64) if batches is None else np.asarray(batches)
     for b in np.unique(batches):
         in_batch = (batches == b) & reached
         level = np.quantile(ratio[in_batch], EXPRESSION_BATCH_QUANTILE) if in_batch.any() else 0.0
         if level > 0:
-            ratio[in_batch] /= level
+            ratio[(batches == b) & scored] /= level
     return ratio
 
 

@@ -75,7 +75,12 @@ def novelty_score(
 
 
 def _expression_ratio(W: sp.csr_matrix, codes: np.ndarray, counts, batches: np.ndarray | None, alpha: float):
-    """:func:`biossl.tl.reference.expression_ratio` of each cell against its propagated class."""
+    """:func:`biossl.tl.reference.expression_ratio` of each cell against its propagated class.
+
+    A cell no label reaches through the graph has no propagated class: it is compared with every class and keeps
+    its best match, so that it reads as novel only if it matches none. Counted as typical, as it was before
+    2026-12-07, a whole unlabelled type cut off from the labels ranked in the middle (``benchmarks/novel_species.py``).
+    """
     from ._mapping import class_profiles, expression_ratio
     from ._propagation import propagate_labels
 
@@ -83,7 +88,9 @@ def _expression_ratio(W: sp.csr_matrix, codes: np.ndarray, counts, batches: np.n
     _, _, pred = propagate_labels(W, codes, n_classes, alpha=alpha)
     profiles, similarity = class_profiles(counts, codes, n_classes)
     present = np.ones(counts.shape[1])
-    return expression_ratio(counts, present, pred, sp.csr_matrix(W), profiles, similarity, batches=batches)
+    return expression_ratio(
+        counts, present, pred, sp.csr_matrix(W), profiles, similarity, batches=batches, best_for_unassigned=True
+    )
 
 
 @doc_params
