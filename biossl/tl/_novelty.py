@@ -44,9 +44,10 @@ def novelty_score(
     With ``counts`` (cells × genes, raw) the score is the mean of that rank and the rank of an expression
     mismatch: labels are propagated (``codes``: class codes, -1 = unlabelled), and each cell's expression
     is compared with the mean profile of the labelled cells of its predicted class
-    (:func:`biossl.tl.reference.expression_ratio`, per batch of ``batches``). An unlabelled type next to a
-    labelled one is taken for it by the graph, but its genes still differ (baron_mouse's endocrine types: far
-    better separated by expression than by position, ``benchmarks/novel_types.py``).
+    (:func:`biossl.tl.reference.expression_ratio`, per batch of ``batches``; a cell no label reaches, with the
+    class it matches best). An unlabelled type next to a labelled one is taken for it by the graph, but its genes
+    still differ (baron_mouse's endocrine types: far better separated by expression than by position,
+    ``benchmarks/novel_types.py``).
 
     The top probability alone is a poor novelty score (``benchmarks/novel_types.py``): propagation
     confidently assigns a whole unlabelled type to its nearest labelled neighbour.
