@@ -53,7 +53,7 @@ def count_rows(
     block = X[idx]
     if not sp.issparse(block):
         return _float_tensor(block, device), None
-    block = sp.csr_matrix(block, dtype=np.float32)  # a copy of the rows: safe to tidy in place
+    block = sp.csr_matrix(block, dtype=np.float32)  # X[idx] made a copy of the rows: safe to tidy in place
     block.sum_duplicates()  # also sorts the column indices of each row
     block.eliminate_zeros()
     rows = np.repeat(np.arange(block.shape[0], dtype=np.int64), np.diff(block.indptr))
