@@ -235,6 +235,27 @@ def test_unreached_cells_near_the_graph_take_their_neighbours_call(pbmc_embedded
     assert refined_off.uns["biossl"]["annotate"]["n_attached"] == len(cut)
 
 
+@pytest.mark.parametrize(("rare", "common", "share"), [("NK", "CD8 T", 0.9), ("FCGR3A+ Mono", "CD14+ Mono", 0.3)])
+def test_unreached_cells_of_a_type_with_few_labels_keep_it(pbmc_embedded, rare, common, share):
+    """A type with two labelled cells beside a fully labelled one, its other cells cut off from the graph (as a
+    query type the reference holds few of, across species): the cut-off cells are not all handed to the common type.
+    Their nearest reached cells are mostly the common type's; only the class-balanced probabilities keep the rare
+    one (the final probabilities, which the class prior and the self-training shrink it in, gave 0 of them)."""
+    adata = pbmc_embedded
+    truth = adata.obs["cell_type"].astype(str).to_numpy()
+    labels = adata.obs["labels"].astype(object).to_numpy()
+    labels[truth == common] = common
+    rare_cells = np.flatnonzero(truth == rare)
+    labels[rare_cells] = None
+    labels[rare_cells[:2]] = rare
+    adata.obs["labels"] = labels
+    cut = rare_cells[2:]
+    _cut_off(adata, cut)
+    annotated(adata)
+    assert adata.uns["biossl"]["annotate"]["n_attached"] == len(cut)
+    assert np.mean(adata.obs["biossl_label"].to_numpy()[cut] == rare) >= share
+
+
 def test_identical_cells_are_annotated(sim):
     X = sim.X.toarray()
     X[:10] = X[0]  # 10 cells with the same counts (e.g. very shallow cells, or a sample concatenated twice)

@@ -172,18 +172,29 @@ class AnnotationPredictor:
         """As a call, with the propagation solved in float32 to ``FOLD_TOL`` (the calibration folds)."""
         return self._predict(codes, np.float32, rows, FOLD_TOL)
 
-    def _predict(self, codes: np.ndarray, dtype, rows: np.ndarray | None, tol: float) -> np.ndarray:
+    def balanced(self, codes: np.ndarray) -> np.ndarray:
+        """Class-balanced probabilities: propagated, before the class prior and the self-training.
+
+        Every class carries the same total mass (``class_prior="uniform"``); solved in float64.
+        """
+        operator = self._operator_as(np.float64)
+        return propagate_labels(self.W, codes, self.n_classes, alpha=self.alpha, operator=operator)[0]
+
+    def _operator_as(self, dtype) -> graph.SpreadingOperator:
         held = self._operator.matrix.dtype
         if held != dtype:  # cast down from float64; never cast float32 back up: rebuild
             double = self._operator if held == np.float64 else graph.spreading_operator(self.W, self.alpha)
             self._operator = double.astype(dtype)
+        return self._operator
+
+    def _predict(self, codes: np.ndarray, dtype, rows: np.ndarray | None, tol: float) -> np.ndarray:
         proba = propagate_labels(
             self.W,
             codes,
             self.n_classes,
             alpha=self.alpha,
             class_prior=self.class_prior,
-            operator=self._operator,
+            operator=self._operator_as(dtype),
             tol=tol,
         )[0]
         if self.rep is not None:
