@@ -312,6 +312,7 @@ def expression_ratio(
     smooth = (sp.diags(1.0 / np.asarray(smooth.sum(1)).ravel()) @ smooth).tocsr()
     reached = pred >= 0
     scored = reached | best_for_unassigned
+    standard = _standardised_rows(shifted) if best_for_unassigned else None  # every class's profile, for ``u``
     ratio = np.ones(n)
     for s in range(0, n, 4096):
         chunk = np.arange(s, min(n, s + 4096))
@@ -321,7 +322,7 @@ def expression_ratio(
             ratio[r] = _row_correlation(x, shifted[pred[r]]) / np.maximum(similarity[pred[r]], 1e-3)
         if len(u):  # every class's match, the best kept
             x = np.asarray((smooth[u] @ L).todense()) - centre
-            ratio[u] = (_standardised_rows(x) @ _standardised_rows(shifted).T / np.maximum(similarity, 1e-3)).max(1)
+            ratio[u] = (_standardised_rows(x) @ standard.T / np.maximum(similarity, 1e-3)).max(1)
     batches = np.zeros(n, dtype=np.int64) if batches is None else np.asarray(batches)
     for b in np.unique(batches):
         in_batch = (batches == b) & reached
