@@ -67,6 +67,19 @@ def _two_technologies(adata: AnnData, seed: int = 0) -> AnnData:
     return out[keep].copy()
 
 
+def cut_off(adata: AnnData, cells: np.ndarray) -> None:
+    """Remove every graph edge between ``cells`` and the other cells (connectivities and distances).
+
+    The cells are left as a type without a bridge to the labelled ones can be after a strong shift.
+    """
+    inside = np.zeros(adata.n_obs, dtype=bool)
+    inside[cells] = True
+    for key in ("biossl_connectivities", "biossl_distances"):
+        M = adata.obsp[key].tocoo()
+        keep = inside[M.row] == inside[M.col]
+        adata.obsp[key] = sp.csr_matrix((M.data[keep], (M.row[keep], M.col[keep])), shape=M.shape)
+
+
 def _resampled(X, rows: np.ndarray, factor: np.ndarray, rng: np.random.Generator) -> sp.csr_matrix:
     """``X`` (float32 CSR) with the counts of ``rows`` re-sampled as Poisson(count × ``factor`` of their gene)."""
     X = sp.csr_matrix(X, dtype=np.float64)

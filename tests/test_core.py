@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 from anndata import AnnData
+from conftest import cut_off
 
 import biossl
 from biossl.metrics import fewlabel_split, macro_f1
@@ -200,16 +201,6 @@ def test_unreachable_cells_are_unknown():
     assert adata.uns["biossl"]["annotate"]["n_attached"] == 0  # far beyond any reached cell's neighbourhood
 
 
-def _cut_off(adata: AnnData, cells: np.ndarray) -> None:
-    """Remove every graph edge between ``cells`` and the other cells (connectivities and distances)."""
-    inside = np.zeros(adata.n_obs, dtype=bool)
-    inside[cells] = True
-    for key in ("biossl_connectivities", "biossl_distances"):
-        M = adata.obsp[key].tocoo()
-        keep = inside[M.row] == inside[M.col]
-        adata.obsp[key] = sp.csr_matrix((M.data[keep], (M.row[keep], M.col[keep])), shape=M.shape)
-
-
 def test_unreached_cells_near_the_graph_take_their_neighbours_call(pbmc_embedded):
     """Half of the unlabelled B cells and half of the CD14+ monocytes, cut off from the graph (as a shifted
     batch's type can be), take the call of their nearest reached cells, less sure than the halves left on the graph."""
@@ -221,7 +212,7 @@ def test_unreached_cells_near_the_graph_take_their_neighbours_call(pbmc_embedded
         [rng.choice(np.flatnonzero(unlabelled & (truth == t)), (unlabelled & (truth == t)).sum() // 2, replace=False)
          for t in ("B", "CD14+ Mono")]
     )  # fmt: skip
-    _cut_off(adata, cut)
+    cut_off(adata, cut)
     annotated(adata)
     label = adata.obs["biossl_label"].astype(str).to_numpy()
     conf = adata.obs["biossl_confidence"].to_numpy()
@@ -250,7 +241,7 @@ def test_unreached_cells_of_a_type_with_few_labels_keep_it(pbmc_embedded, rare, 
     labels[rare_cells[:2]] = rare
     adata.obs["labels"] = labels
     cut = rare_cells[2:]
-    _cut_off(adata, cut)
+    cut_off(adata, cut)
     annotated(adata)
     assert adata.uns["biossl"]["annotate"]["n_attached"] == len(cut)
     assert np.mean(adata.obs["biossl_label"].to_numpy()[cut] == rare) >= share
