@@ -392,6 +392,7 @@ def _config(
             "seed": int(training["seed"]),
             "n_cells": int(n),
             "steps": int(history["steps"]),
+            "kl_warmup_steps": int(history["kl_warmup_steps"]),
             "best_val_loss": history["best_val_loss"],
         },
         "versions": _versions(),
