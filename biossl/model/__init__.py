@@ -392,7 +392,6 @@ def _config(
             "seed": int(training["seed"]),
             "n_cells": int(n),
             "steps": int(history["steps"]),
-            "kl_warmup_steps": int(history["kl_warmup_steps"]),
             "best_val_loss": history["best_val_loss"],
         },
         "versions": _versions(),
