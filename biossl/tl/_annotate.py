@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -117,7 +116,7 @@ def annotate(
         from .calibrate import calibrate_annotation
 
         proba, calibration = calibrate_annotation(predictor.fold, codes, proba)
-    proba, n_attached = attach_unreached(adata, proba, neighbors_key, lambda: predictor.balanced(codes))
+    proba, n_attached = attach_unreached(adata, proba, neighbors_key, predictor.balanced)
     labels, confidence, proba, unknown = call_labels(proba, codes, classes, unknown_threshold=unknown_threshold)
     labelled = codes >= 0
 
@@ -167,12 +166,12 @@ ATTACH_MAX_RATIO = 5.0
 
 
 def attach_unreached(
-    adata: AnnData, proba: np.ndarray, neighbors_key: str | None, balanced: Callable[[], np.ndarray]
+    adata: AnnData, proba: np.ndarray, neighbors_key: str | None, balanced: np.ndarray | None
 ) -> tuple[np.ndarray, int]:
     """``proba`` with the cells no label reached given their nearest reached cells' call (see above).
 
-    ``balanced()`` returns the class-balanced propagated probabilities of every cell (called only when some
-    unreached cell lies near enough to take a call). Needs the graph's representation and its distances
+    ``balanced``: the class-balanced propagated probabilities of every cell (``AnnotationPredictor.balanced``;
+    None when the propagation reached every cell). Needs the graph's representation and its distances
     (``obsp["{key}_distances"]``); without them, or when every cell was reached, ``proba`` comes back as it is.
     Returns the probabilities and how many cells took a call.
     """
@@ -197,5 +196,5 @@ def attach_unreached(
     out = proba.copy()
     rows = np.flatnonzero(~reached)[near]
     if len(rows):
-        out[rows] = weight * balanced()[idx[near]].mean(1) + (1.0 - weight) / n_classes
+        out[rows] = weight * balanced[idx[near]].mean(1) + (1.0 - weight) / n_classes
     return out, int(near.sum())

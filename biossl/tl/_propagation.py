@@ -163,6 +163,10 @@ class AnnotationPredictor:
         # one held at a time (10^6 cells: ~0.3 GB in float64)
         self._operator = graph.spreading_operator(W, alpha) if operator is None else operator
         self._init: dict = {}  # the first self-training fit starts the later ones (folds: a few labels fewer)
+        # the class-balanced probabilities (before the class prior and the self-training) of the last float64 call,
+        # when it left some cell unreached: tl.annotate attaches such cells by their reached neighbours' (from the
+        # same solve, not a second one)
+        self.balanced: np.ndarray | None = None
 
     def __call__(self, codes: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
         """Probabilities of every cell, or of ``rows`` only (the graph still spreads over every cell)."""
@@ -172,31 +176,15 @@ class AnnotationPredictor:
         """As a call, with the propagation solved in float32 to ``FOLD_TOL`` (the calibration folds)."""
         return self._predict(codes, np.float32, rows, FOLD_TOL)
 
-    def balanced(self, codes: np.ndarray) -> np.ndarray:
-        """Class-balanced probabilities: propagated, before the class prior and the self-training.
-
-        Every class carries the same total mass (``class_prior="uniform"``); solved in float64.
-        """
-        operator = self._operator_as(np.float64)
-        return propagate_labels(self.W, codes, self.n_classes, alpha=self.alpha, operator=operator)[0]
-
-    def _operator_as(self, dtype) -> graph.SpreadingOperator:
+    def _predict(self, codes: np.ndarray, dtype, rows: np.ndarray | None, tol: float) -> np.ndarray:
         held = self._operator.matrix.dtype
         if held != dtype:  # cast down from float64; never cast float32 back up: rebuild
             double = self._operator if held == np.float64 else graph.spreading_operator(self.W, self.alpha)
             self._operator = double.astype(dtype)
-        return self._operator
-
-    def _predict(self, codes: np.ndarray, dtype, rows: np.ndarray | None, tol: float) -> np.ndarray:
-        proba = propagate_labels(
-            self.W,
-            codes,
-            self.n_classes,
-            alpha=self.alpha,
-            class_prior=self.class_prior,
-            operator=self._operator_as(dtype),
-            tol=tol,
-        )[0]
+        F = class_mass(self.W, codes, self.n_classes, alpha=self.alpha, operator=self._operator, tol=tol)
+        if dtype == np.float64:  # kept only where some cell is unreached (tl.annotate attaches those)
+            self.balanced = None if F.any(1).all() else normalise_rows(F)[0]
+        proba = with_class_prior(F, self.class_prior)[0]
         if self.rep is not None:
             return normalise_rows(self_train(self.rep, codes, proba, init=self._init, rows=rows))[0]
         return proba if rows is None else proba[rows]
@@ -221,9 +209,22 @@ def propagate_labels(
     ``operator`` is ``graph.spreading_operator(W, alpha)`` when already built; ``tol`` is the solver's relative
     residual (:func:`biossl.graph.propagate`).
     """
+    F = class_mass(W, codes, n_classes, alpha=alpha, operator=operator, tol=tol)
+    return with_class_prior(F, class_prior)
+
+
+def class_mass(
+    W: sp.csr_matrix, codes: np.ndarray, n_classes: int, *, alpha: float,
+    operator: graph.SpreadingOperator | None = None, tol: float = SOLVE_TOL,
+) -> np.ndarray:  # fmt: skip
+    """The propagated scores with each class column scaled to unit total mass (see :func:`propagate_labels`)."""
     F = graph.propagate(W, class_balanced_seeds(codes, n_classes), alpha=alpha, operator=operator, tol=tol)
     col = F.sum(0, keepdims=True)
-    F = np.divide(F, col, out=np.zeros_like(F), where=col > 0)
+    return np.divide(F, col, out=np.zeros_like(F), where=col > 0)
+
+
+def with_class_prior(F: np.ndarray, class_prior: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`normalise_rows` of the class-mass scores ``F``, reweighted in place when ``class_prior="estimate"``."""
     if class_prior == "estimate":
         F *= estimate_class_prior(F)[None, :]
     return normalise_rows(F)
