@@ -213,19 +213,16 @@ def _log_normalise(X):
     return log_normalise(X)
 
 
-def _row_correlation(A: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """Pearson correlation of each row of ``A`` with the same row of ``B`` (0 for a constant row)."""
-    A = A - A.mean(1, keepdims=True)
-    B = B - B.mean(1, keepdims=True)
-    norm = np.linalg.norm(A, axis=1) * np.linalg.norm(B, axis=1)
-    return np.where(norm > 0, (A * B).sum(1) / np.maximum(norm, 1e-12), 0.0)
-
-
 def _standardised_rows(A: np.ndarray) -> np.ndarray:
     """Rows centred and scaled to unit norm (constant rows: zeros), so ``A @ B.T`` holds Pearson correlations."""
     A = A - A.mean(1, keepdims=True)
     norm = np.linalg.norm(A, axis=1, keepdims=True)
     return np.divide(A, norm, out=np.zeros_like(A), where=norm > 0)
+
+
+def _row_correlation(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each row of ``A`` with the same row of ``B`` (0 for a constant row)."""
+    return (_standardised_rows(A) * _standardised_rows(B)).sum(1)
 
 
 def class_sums(L, codes: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -312,14 +309,14 @@ def expression_ratio(
     smooth = (sp.diags(1.0 / np.asarray(smooth.sum(1)).ravel()) @ smooth).tocsr()
     reached = pred >= 0
     scored = reached | best_for_unassigned
-    standard = _standardised_rows(shifted) if best_for_unassigned else None  # every class's profile, for ``u``
+    standard = _standardised_rows(shifted.astype(np.float64))  # every class's profile, standardised once
     ratio = np.ones(n)
     for s in range(0, n, 4096):
         chunk = np.arange(s, min(n, s + 4096))
         r, u = chunk[reached[chunk]], chunk[scored[chunk] & ~reached[chunk]]
         if len(r):
-            x = np.asarray((smooth[r] @ L).todense()) - centre
-            ratio[r] = _row_correlation(x, shifted[pred[r]]) / np.maximum(similarity[pred[r]], 1e-3)
+            x = _standardised_rows(np.asarray((smooth[r] @ L).todense()) - centre)
+            ratio[r] = (x * standard[pred[r]]).sum(1) / np.maximum(similarity[pred[r]], 1e-3)
         if len(u):  # every class's match, the best kept
             x = np.asarray((smooth[u] @ L).todense()) - centre
             ratio[u] = (_standardised_rows(x) @ standard.T / np.maximum(similarity, 1e-3)).max(1)
