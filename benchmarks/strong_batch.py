@@ -434,6 +434,17 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _runs_in(method, setting: str) -> bool:
+    """Whether ``method`` is measured in ``setting``."""
+    if setting == "3_per_type" and getattr(method, "reference_only", False):  # labels in tech_A only
+        return False
+    if setting == "novel" and method.name.startswith("cand_"):  # candidates: no novel setting
+        return False
+    if setting == "A_to_B_seeds" and method.name not in SEEDED:
+        return False
+    return setting in getattr(method, "settings", SETTINGS)
+
+
 def main(argv=None) -> int:
     all_methods = methods()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -451,13 +462,7 @@ def main(argv=None) -> int:
         for setting in args.settings:
             for name in args.methods:
                 method = all_methods[name]
-                if getattr(method, "reference_only", False) and setting == "3_per_type":
-                    continue
-                if name.startswith("cand_") and setting == "novel":  # candidates: no novel setting
-                    continue
-                if setting == "A_to_B_seeds" and name not in SEEDED:
-                    continue
-                if setting not in getattr(method, "settings", SETTINGS):
+                if not _runs_in(method, setting):
                     continue
                 package = getattr(method, "package", None)
                 if package and importlib.util.find_spec(package) is None:
