@@ -190,9 +190,29 @@ def test_many_unknown_calls_warn_with_what_to_try(halves, reference, caplog):
     # the Unknown cells' top classes, most frequent first, with their counts
     proba = np.asarray(query.obsm["biossl_proba"])
     counts = np.bincount(proba[proba.sum(1) > 0].argmax(1), minlength=len(reference.classes))
-    assert f"their top classes: {reference.classes[counts.argmax()]} {counts.max()}" in warned[0]
+    top = counts.argmax()
+    in_reference = int((reference.codes == top).sum())
+    assert f"their top classes: {reference.classes[top]} {counts.max()} (reference {in_reference})" in warned[0]
     cli = cli_message(warned[0])  # the CLI names its options and command instead
     assert "lower --mapping-threshold," in cli and "--batch-key (`biossl annotate` on one file" in cli
+
+
+def test_the_info_line_names_the_unknown_cells_top_classes(halves, reference, caplog):
+    """The info line names what the Unknown cells resemble and how many reference cells those classes have (a class
+    of a few reference cells is hard to tell from a type the reference lacks); a threshold above every score calls
+    every cell Unknown."""
+    query = halves[1].copy()
+    with caplog.at_level(logging.INFO, logger="biossl"):
+        biossl.tl.map_query(query, reference, mapping_threshold=1e6, progress=False)
+    lines = [
+        r.getMessage() for r in caplog.records if r.getMessage().startswith("map_query: ") and "genes" in r.getMessage()
+    ]
+    n_unknown = int((query.obs["biossl_label"] == "Unknown").sum())
+    proba = np.asarray(query.obsm["biossl_proba"])[(query.obs["biossl_label"] == "Unknown").to_numpy()]
+    calls = proba[proba.sum(1) > 0].argmax(1)
+    top = np.bincount(calls, minlength=len(reference.classes)).argmax()
+    named = f"{reference.classes[top]} {(calls == top).sum()} (reference {(reference.codes == top).sum()})"
+    assert f"{n_unknown} Unknown" in lines[0] and f"the Unknown cells' top classes: {named}" in lines[0]
 
 
 def test_held_out_sibling_type_ranks_as_novel(halves):

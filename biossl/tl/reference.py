@@ -449,7 +449,8 @@ class _QueryMapping:
             ("" if self.refine_mixing is None else f"; refinement graph mixing {self.refine_mixing:.2f}")
             + (f"; moved as a whole by the shift, kept known: {', '.join(self.shifted)}" if self.shifted else "")
             + (f"; {self.known_from_unknown} cells called Unknown by the refinement express a known class and "
-               "get it" if self.known_from_unknown else ""),
+               "get it" if self.known_from_unknown else "")
+            + (f"; the Unknown cells' top classes: {self._unknown_top_classes()}" if n_unknown else ""),
         )  # fmt: skip
         if n_unknown > UNKNOWN_WARN_SHARE * adata.n_obs:
             logger.warning(
@@ -462,12 +463,18 @@ class _QueryMapping:
             )  # fmt: skip
 
     def _unknown_top_classes(self, n_named: int = 3) -> str:
-        """The most frequent top classes among the Unknown calls, with their counts ("CD14+ Mono 221, DC 6").
+        """The most frequent top classes of the Unknown calls, with their counts and the classes' reference cells.
 
-        A known type that a strong shift moved as a whole shows up here as one class holding most of them.
+        For example "CD14+ Mono 221 (reference 30), DC 6 (reference 12)".
+
+        A known type that a strong shift moved as a whole shows up here as one class holding most of them; one the
+        reference holds only a few cells of (a rare type in one species, common in the other) is hard to tell from a
+        type the reference lacks, and its reference count says so.
         """
+        ref = self.reference
         proba = self.proba[self.unknown]
-        counts = np.bincount(proba[proba.sum(1) > 0].argmax(1), minlength=len(self.reference.classes))
+        counts = np.bincount(proba[proba.sum(1) > 0].argmax(1), minlength=len(ref.classes))
+        in_reference = np.bincount(ref.codes[ref.codes >= 0], minlength=len(ref.classes))
         order = np.argsort(-counts, kind="stable")[:n_named]
-        named = [f"{self.reference.classes[c]} {counts[c]}" for c in order if counts[c]]
+        named = [f"{ref.classes[c]} {counts[c]} (reference {in_reference[c]})" for c in order if counts[c]]
         return ", ".join(named) if named else "none"
