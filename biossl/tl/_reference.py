@@ -67,6 +67,11 @@ class Reference:
         keep[self.held_out] = False
         return np.flatnonzero(keep)
 
+    @property
+    def class_sizes(self) -> np.ndarray:
+        """Labelled reference cells per class, in the order of ``classes``."""
+        return np.bincount(self.codes[self.codes >= 0], minlength=len(self.classes))
+
     def __repr__(self) -> str:
         return (
             f"Reference({self.latent.shape[0]} cells, {len(self.classes)} classes, {len(self.model.genes)} genes, "

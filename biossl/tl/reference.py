@@ -377,9 +377,9 @@ class _QueryMapping:
         score = share * np.minimum(1.0, distance / max(self.distance_threshold, 1e-12))
         if ref.profiles is not None:  # references saved before biossl kept class profiles go without
             query_neighbors = np.where(self.idx[n_ref:] >= n_ref, self.idx[n_ref:] - n_ref, -1)
-            sizes = np.bincount(ref.codes[ref.codes >= 0], minlength=len(ref.classes))
             score = score * expression_match(
-                self.X, self.present, self.pred, query_neighbors, ref.profiles, ref.profile_similarity, sizes,
+                self.X, self.present, self.pred, query_neighbors, ref.profiles, ref.profile_similarity,
+                ref.class_sizes,
                 batches=self.codes,
             )  # fmt: skip
         self.mapping_score = score
@@ -443,6 +443,7 @@ class _QueryMapping:
             },
         )
         record(adata, "classes", classes)
+        top_classes = self._unknown_top_classes()
         logger.info(
             "map_query: %d of %d model genes matched; %d cells, %d Unknown%s",
             self.overlap["n_matched"], self.overlap["n_model_genes"], adata.n_obs, n_unknown,
@@ -450,7 +451,7 @@ class _QueryMapping:
             + (f"; moved as a whole by the shift, kept known: {', '.join(self.shifted)}" if self.shifted else "")
             + (f"; {self.known_from_unknown} cells called Unknown by the refinement express a known class and "
                "get it" if self.known_from_unknown else "")
-            + (f"; the Unknown cells' top classes: {self._unknown_top_classes()}" if n_unknown else ""),
+            + (f"; the Unknown cells' top classes: {top_classes}" if n_unknown else ""),
         )  # fmt: skip
         if n_unknown > UNKNOWN_WARN_SHARE * adata.n_obs:
             logger.warning(
@@ -459,7 +460,7 @@ class _QueryMapping:
                 "obsm[%r] names them), a strong shift such as another technology or species may have lowered their "
                 "mapping scores: pass a lower mapping_threshold=, or annotate reference and query as one data set "
                 "with their batches as batch_key= (the pooled path of biossl.tl.annotate).",
-                100 * n_unknown / max(adata.n_obs, 1), self.mixing, self._unknown_top_classes(), f"{key_added}_proba",
+                100 * n_unknown / max(adata.n_obs, 1), self.mixing, top_classes, f"{key_added}_proba",
             )  # fmt: skip
 
     def _unknown_top_classes(self, n_named: int = 3) -> str:
@@ -474,7 +475,7 @@ class _QueryMapping:
         ref = self.reference
         proba = self.proba[self.unknown]
         counts = np.bincount(proba[proba.sum(1) > 0].argmax(1), minlength=len(ref.classes))
-        in_reference = np.bincount(ref.codes[ref.codes >= 0], minlength=len(ref.classes))
+        in_reference = ref.class_sizes
         order = np.argsort(-counts, kind="stable")[:n_named]
         named = [f"{ref.classes[c]} {counts[c]} (reference {in_reference[c]})" for c in order if counts[c]]
         return ", ".join(named) if named else "none"
