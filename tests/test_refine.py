@@ -251,7 +251,7 @@ def test_a_graph_that_hardly_mixes_checks_the_mapped_calls_when_its_own_calls_ag
     idx, dist = graph.knn(latent, 15)
     mixing = graph.batch_mixing(idx, np.arange(len(latent)) < len(sample))["score"]
     assert 0.05 < mixing < graph.MIXING_MIN
-    spread = _refine._SeedSpreader(graph.gaussian_affinity(idx, dist), latent, 0.9)
+    spread = _refine._SeedSpreader(graph.gaussian_affinity(idx, dist), latent, dist.max(1), 0.9)
     moved = (truth == 0) & (rng.random(len(truth)) < 0.3)
     mapped, well = np.where(moved, 1, truth), np.ones(len(truth), dtype=bool)
     calls = _refine._reference_only_calls(spread, ref_codes, len(truth), n_classes, mixing, mapped, well)
@@ -259,3 +259,36 @@ def test_a_graph_that_hardly_mixes_checks_the_mapped_calls_when_its_own_calls_ag
     arbitrary = rng.integers(0, n_classes, len(truth))
     calls = _refine._reference_only_calls(spread, ref_codes, len(truth), n_classes, mixing, arbitrary, well)
     assert np.all(calls == -1)
+
+
+def test_cells_no_seed_reaches_take_their_nearest_reached_cells_call():
+    # a group of cells cut off from every seed in the refinement graph (all its neighbours inside it) lies beside
+    # class 1: it takes class 1's probabilities, and the reference sample's calls give it class 1 too, not the
+    # first class (the argmax of an empty row). A group far from every reached cell stays without a call
+    from biossl import graph
+    from biossl.tl import _refine
+
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0]])
+    blobs = [centres[c] + rng.normal(0.0, 1.0, (60, 2)) for c in (0, 1)]
+    cut_off = np.array([14.0, 0.0]) + rng.normal(0.0, 0.2, (12, 2))  # beyond class 1's edge, tight: no edge out
+    far = np.array([200.0, 200.0]) + rng.normal(0.0, 0.2, (12, 2))
+    latent = np.vstack([*blobs, cut_off, far])
+    idx, dist = graph.knn(latent, 8)
+    group, distant = np.arange(120, 132), np.arange(132, 144)
+    assert not np.isin(idx[group], np.arange(120)).any()  # cut off in the graph
+    spread = _refine._SeedSpreader(graph.gaussian_affinity(idx, dist), latent, dist.max(1), 0.9)
+    seeds = np.full(len(latent), -1)
+    seeds[[0, 1, 2, 60, 61, 62]] = [0, 0, 0, 1, 1, 1]
+    proba = spread(seeds, 3)
+    assert np.allclose(proba[:120].sum(1), 1.0) and np.all(proba[group].argmax(1) == 1)
+    assert np.all(proba[group, 1] > 0.5) and np.all(proba[distant] == 0) and np.all(proba[:, 2] == 0)
+    n_ref = 6  # the first three cells of each class as the reference sample, the rest as the query
+    order = np.r_[[0, 1, 2, 60, 61, 62], np.setdiff1d(np.arange(len(latent)), [0, 1, 2, 60, 61, 62])]
+    idx, dist = graph.knn(latent[order], 8)
+    spread = _refine._SeedSpreader(graph.gaussian_affinity(idx, dist), latent[order], dist.max(1), 0.9)
+    mapped = np.r_[np.zeros(57, dtype=np.int64), np.ones(57, dtype=np.int64), np.ones(24, dtype=np.int64)]
+    calls = _refine._reference_only_calls(
+        spread, np.array([0, 0, 0, 1, 1, 1]), len(order) - n_ref, 2, 1.0, mapped, np.ones(len(mapped), bool)
+    )
+    assert np.all(calls[114:126] == 1) and np.all(calls[126:] == -1)

@@ -8,12 +8,12 @@ import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 
-from .. import graph
 from .._docs import doc_params
 from .._record import record
 from ._propagation import (
     CLASS_PRIORS,
     annotation_predictor,
+    attach_to_reached,
     call_labels,
     check_no_unknown_class,
     connectivities,
@@ -148,53 +148,19 @@ def annotate(
     return adata if copy else None
 
 
-# A cell that no label reaches through the graph (its graph component holds no labelled cell) takes the mean
-# class-balanced probabilities (propagated with every class carrying the same mass, before the class prior and the
-# self-training) of its ATTACH_NEIGHBORS nearest reached cells in the graph's representation, pulled toward uniform by
-# how far the nearest one lies: weight r / d, with d that distance and r that cell's neighbourhood radius (the
-# distance to its farthest graph neighbour). Beyond d = ATTACH_MAX_RATIO * r the cell stays Unknown. On generated
-# species pairs (benchmarks/species_pair.py, the pooled path) such cells were whole query types left without an
-# edge to the reference, at d / r = 1.0-4.4; on the nine sets with any, their neighbours' mean (of the final
-# probabilities, the first version of this rule) was right for 35-100% of them (mean 91%), the 15 nearest labelled
-# cells' vote for 0-99% (mean 55%), and on seven of the sets the self-training classifier's call for 31-100% (mean
-# 64%), at confidence 1.0 (benchmarks/strong_batch_log.md). The balanced probabilities replaced the final ones
-# because a cut-off group is often a type the reference holds few of (activated stellate cells: 4 of 750 mouse
-# cells, 123 of 3,000 human ones); the estimated prior and the classifier shrink such a class, and its cells went to
-# the common type beside it (benchmarks/novel_species.py: pooled macro-F1 0.892 -> 0.940 over 22 sets).
-ATTACH_NEIGHBORS = 15
-ATTACH_MAX_RATIO = 5.0
-
-
 def attach_unreached(
     adata: AnnData, proba: np.ndarray, neighbors_key: str | None, balanced: np.ndarray | None
 ) -> tuple[np.ndarray, int]:
-    """``proba`` with the cells no label reached given their nearest reached cells' call (see above).
+    """``proba`` with the cells no label reached given their nearest reached cells' call (:func:`attach_to_reached`).
 
-    ``balanced``: the class-balanced propagated probabilities of every cell (``AnnotationPredictor.balanced``;
-    None when the propagation reached every cell). Needs the graph's representation and its distances
-    (``obsp["{key}_distances"]``); without them, or when every cell was reached, ``proba`` comes back as it is.
-    Returns the probabilities and how many cells took a call.
+    Needs the graph's representation and its distances (``obsp["{key}_distances"]``); without them, or when every
+    cell was reached, ``proba`` comes back as it is. Returns the probabilities and how many cells took a call.
     """
-    reached = proba.sum(1) > 0
     key = "distances" if neighbors_key is None else f"{neighbors_key}_distances"
-    if reached.all() or not reached.any() or key not in adata.obsp:
+    if balanced is None or key not in adata.obsp:
         return proba, 0
     rep = graph_representation(adata, neighbors_key)
     if rep is None:
         return proba, 0
     radius = sp.csr_matrix(adata.obsp[key]).max(axis=1).toarray().ravel()
-    found = np.flatnonzero(reached)
-    k = min(ATTACH_NEIGHBORS, len(found))
-    index = np.asarray(rep[found], dtype=np.float32)  # row selections: copies of these rows only, not of ``rep``
-    queries = np.asarray(rep[~reached], dtype=np.float32)
-    idx, dist = graph.knn_query(index, queries, k, method="auto", seed=0)  # pynndescent when large
-    idx = found[idx]
-    ratio = dist[:, 0] / np.maximum(radius[idx[:, 0]], np.finfo(np.float32).tiny)
-    near = ratio <= ATTACH_MAX_RATIO
-    weight = np.minimum(1.0, 1.0 / np.maximum(ratio[near], 1e-12))[:, None]
-    n_classes = proba.shape[1]
-    out = proba.copy()
-    rows = np.flatnonzero(~reached)[near]
-    if len(rows):
-        out[rows] = weight * balanced[idx[near]].mean(1) + (1.0 - weight) / n_classes
-    return out, int(near.sum())
+    return attach_to_reached(rep, radius, proba, balanced)

@@ -13,7 +13,7 @@ import numpy as np
 from .. import graph
 from ._mapping import class_sums
 from ._pca import log_normalise, pca_latent
-from ._propagation import annotation_predictor, normalise_rows
+from ._propagation import annotation_predictor, attach_to_reached, normalise_rows
 
 REFINE_MAPPING_THRESHOLD = 0.5  # with refine: below it a cell may seed the Unknown class
 REFINE_MIN_CELLS = 30  # smaller queries are not refined
@@ -114,7 +114,7 @@ def refine_on_query(
     latent, _ = pca_latent(L, 50, seed, batch=batch, normalised=True)
     idx, dist = graph.knn(latent, int(min(k, counts.shape[0] - 1)), seed=seed)
     W = graph.gaussian_affinity(idx, dist)
-    spread = _SeedSpreader(W, latent, alpha)
+    spread = _SeedSpreader(W, latent, dist.max(1), alpha)
     n_ref = len(ref_seeds)
     mixing = float(graph.batch_mixing(idx, np.arange(len(idx)) < n_ref)["score"]) if n_ref else None
     joined = mixing is not None and mixing >= REFINE_JOINED_MIXING
@@ -170,11 +170,17 @@ class _SeedSpreader:
     """The refinement graph's propagation (as ``tl.annotate``: class prior estimated, self-training on ``latent``).
 
     Called with seeds (a class code per row, -1 = none) and a width, it returns the probabilities of the classes
-    that have seeds in their columns (zeros in the others); every call shares one spreading operator.
+    that have seeds in their columns (zeros in the others); every call shares one spreading operator. A cell in a
+    part of the graph no seed reaches takes the mean probabilities of its nearest reached cells on ``latent``
+    (:func:`biossl.tl._propagation.attach_to_reached`; ``radius``: each cell's distance to its farthest graph
+    neighbour). Unlike ``tl.annotate``, which attaches with the class-balanced probabilities (its labels are few
+    and need not follow the cells' composition), these are the final ones: the seeds here include the query's own
+    mapped calls, so the estimated class prior follows the query. Measured on 24 generated species pairs
+    (``benchmarks/strong_batch_log.md``).
     """
 
-    def __init__(self, W, latent: np.ndarray, alpha: float) -> None:
-        self.W, self.rep, self.alpha = W, latent.astype(np.float64), alpha
+    def __init__(self, W, latent: np.ndarray, radius: np.ndarray, alpha: float) -> None:
+        self.W, self.rep, self.radius, self.alpha = W, latent.astype(np.float64), radius, alpha
         self.operator = graph.spreading_operator(W, alpha)
 
     def __call__(self, seeds: np.ndarray, width: int) -> np.ndarray:
@@ -184,7 +190,8 @@ class _SeedSpreader:
             self.W, len(used), alpha=self.alpha, rep=self.rep, class_prior="estimate", operator=self.operator
         )
         out = np.zeros((len(seeds), width))
-        out[:, used] = predict(compact)
+        proba = predict(compact)
+        out[:, used] = attach_to_reached(self.rep, self.radius, proba, proba)[0]  # cells no seed reaches
         return out
 
 
@@ -203,7 +210,8 @@ def _reference_only_calls(
     if len(used) < 2 or mixing is None:
         return np.full(n, -1, dtype=np.int64)
     seeds = np.concatenate([ref_seeds, np.full(n, -1, dtype=np.int64)])
-    calls = used[spread(seeds, n_classes)[len(ref_seeds) :, used].argmax(1)]
+    proba = spread(seeds, n_classes)[len(ref_seeds) :, used]
+    calls = np.where(proba.any(1), used[proba.argmax(1)], -1)  # -1: a cell the labels do not reach
     if mixing >= graph.MIXING_MIN or (well.any() and np.mean(calls[well] == mapped[well]) >= REFINE_GRAPH_AGREEMENT):
         return calls
     return np.full(n, -1, dtype=np.int64)
