@@ -371,6 +371,7 @@ def test_reference_sample_carries_labels_across_technologies():
         # how well the refinement's graph joins sample and query: technologies scaled apart mix (0.87 measured)
         assert (record["refine_mixing"] > 0.5) if ref is reference else "refine_mixing" not in record
         assert record["shifted_classes"] == []  # no known type lost its mapping as a whole here
+        assert record["refine_attached"] == 0  # a graph that joins sample and query leaves no cell unreached
         # a reference of one batch has no batch columns; the query's batch still gets its own, fitted on it
         assert record["new_batches"] == ["tech_B"] and record["fine_tune_steps"] == 500
     # measured 0.850 with the sample, 0.819 without (500-step reference)

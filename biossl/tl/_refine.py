@@ -100,7 +100,8 @@ def refine_on_query(
     whole, as on a joined graph, keeps its mapped ones, so its top class still names what it resembles), the
     confidence (top class probability times the share not given to Unknown), the predicted code, the Unknown mask
     and a record: ``"mixing"``, the sample - query mixing of the graph (None without a sample), ``"shifted"``,
-    the codes of the classes taken as moved as a whole, and ``"known_from_unknown"``, the cells given a class.
+    the codes of the classes taken as moved as a whole, ``"known_from_unknown"``, the cells given a class, and
+    ``"attached"``, the cells of the refinement graph no seed reached that took their nearest reached cells' call.
     """
     n = X.shape[0]
     counts, batch, ref_seeds = _expression_graph_input(X, present, batches, sample, sample_codes)
@@ -139,10 +140,11 @@ def refine_on_query(
         chosen = chosen[_sample_share(idx, n_ref)[chosen] < JOINED_UNKNOWN_SHARE]
     query_seeds[chosen] = n_classes
     seeds = np.concatenate([ref_seeds, query_seeds])
-    info = {"mixing": mixing, "shifted": [int(c) for c in shifted], "known_from_unknown": 0}
+    info = {"mixing": mixing, "shifted": [int(c) for c in shifted], "known_from_unknown": 0, "attached": 0}
     if len(np.unique(seeds[seeds >= 0])) < 2 or (query_seeds < 0).sum() == 0:  # nothing to refine: calls stand
         return proba, confidence, pred, (pred < 0) | low, info
     full = spread(seeds, n_classes + 1)[n_ref:]
+    info["attached"] = spread.attached
     full[query_seeds >= 0] = np.eye(n_classes + 1)[query_seeds[query_seeds >= 0]]  # seeds keep their call
     mapped = np.zeros((n, n_classes + 1))
     mapped[:, :n_classes] = proba  # a low score alone does not make a cell Unknown: its neighbourhood decides
@@ -182,6 +184,7 @@ class _SeedSpreader:
     def __init__(self, W, latent: np.ndarray, radius: np.ndarray, alpha: float) -> None:
         self.W, self.rep, self.radius, self.alpha = W, latent.astype(np.float64), radius, alpha
         self.operator = graph.spreading_operator(W, alpha)
+        self.attached = 0  # the cells the last call attached
 
     def __call__(self, seeds: np.ndarray, width: int) -> np.ndarray:
         used = np.unique(seeds[seeds >= 0])  # propagate over the classes that have seeds only
@@ -191,7 +194,7 @@ class _SeedSpreader:
         )
         out = np.zeros((len(seeds), width))
         proba = predict(compact)
-        out[:, used] = attach_to_reached(self.rep, self.radius, proba, proba)[0]  # cells no seed reaches
+        out[:, used], self.attached = attach_to_reached(self.rep, self.radius, proba, proba)  # cells no seed reaches
         return out
 
 

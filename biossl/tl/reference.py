@@ -214,13 +214,14 @@ def map_query(
         the query mixes with the reference in the joint graph (:func:`biossl.graph.batch_mixing`; 1 = as if one
         data set), ``["refine_mixing"]`` how well the refinement's expression graph joins them (see ``refine``; absent
         without a reference sample), ``["shifted_classes"]`` the known types that the refinement kept although every
-        cell of theirs scored low and ``["known_from_unknown"]`` how many cells it gave back their top class after
-        calling them Unknown (see ``refine``). Limits (``benchmarks/reference_mapping.py``): a known type far more
-        abundant in the query than in the reference still scores low, and a novel type close to a known one in
-        expression too (naive vs memory CD4 T cells) is hard to tell from it. Lower the threshold when a known type is
-        called Unknown in bulk (the top class of ``obsm["{key_added}_proba"]`` still names it; a warning is logged when
-        more than 10% of the query is Unknown, naming the Unknown cells' most frequent top classes); a higher one flags
-        more novel cells.
+        cell of theirs scored low, ``["known_from_unknown"]`` how many cells it gave back their top class after
+        calling them Unknown and ``["refine_attached"]`` how many cells its graph left unreached by every seed,
+        which took their nearest reached cells' call (see ``refine``). Limits (``benchmarks/reference_mapping.py``): a
+        known type far more abundant in the query than in the reference still scores low, and a novel type close to a
+        known one in expression too (naive vs memory CD4 T cells) is hard to tell from it. Lower the threshold when a
+        known type is called Unknown in bulk (the top class of ``obsm["{key_added}_proba"]`` still names it; a warning
+        is logged when more than 10% of the query is Unknown, naming the Unknown cells' most frequent top classes); a
+        higher one flags more novel cells.
     refine
         Settle the calls on an expression graph: a PCA of the counts of the query and of the reference's sample of
         labelled cells (:attr:`Reference.sample`; genes scaled per batch when batches do not mix). The sample's
@@ -230,7 +231,8 @@ def map_query(
         the query hardly mix in that graph unless the sample's calls agree with 60% of the well-scoring mapped
         ones), and the lower-scoring half of
         the cells below it, as an "Unknown" class, are
-        propagated over that graph as in :func:`biossl.tl.annotate`, and the result is averaged with the mapped
+        propagated over that graph as in :func:`biossl.tl.annotate` (a cell no seed reaches takes its nearest
+        reached cells' call, from their final probabilities), and the result is averaged with the mapped
         probabilities (with a numeric ``mapping_threshold``, cells below it count as Unknown there). When that
         graph joins the sample and the query well (mixing 0.5 or more, recorded as ``refine_mixing``), its
         propagated probabilities alone are the result, and a low-scoring cell seeds Unknown only where the
@@ -391,7 +393,7 @@ class _QueryMapping:
         if mapping_threshold == "auto":
             mapping_threshold = REFINE_MAPPING_THRESHOLD if self.refine else AUTO_MAPPING_THRESHOLD
         self.mapping_threshold, self.unknown_threshold = mapping_threshold, unknown_threshold
-        self.refine_mixing, self.shifted, self.known_from_unknown = None, [], 0
+        self.refine_mixing, self.shifted, self.known_from_unknown, self.attached = None, [], 0, 0
         if self.refine:
             self.proba, self.confidence, self.pred, unknown, info = refine_on_query(
                 self.X, self.present, self.codes, self.proba, self.pred, self.confidence, self.mapping_score,
@@ -400,7 +402,7 @@ class _QueryMapping:
             )  # fmt: skip
             self.refine_mixing = info["mixing"]
             self.shifted = [str(self.reference.classes[c]) for c in info["shifted"]]
-            self.known_from_unknown = info["known_from_unknown"]
+            self.known_from_unknown, self.attached = info["known_from_unknown"], info["attached"]
         else:
             unknown = (self.pred < 0) | (self.mapping_score < mapping_threshold)
         if unknown_threshold is not None:
@@ -433,6 +435,7 @@ class _QueryMapping:
                 "refine_mixing": self.refine_mixing,
                 "shifted_classes": self.shifted,
                 "known_from_unknown": self.known_from_unknown,
+                "refine_attached": self.attached,
                 "distance_threshold": self.distance_threshold,
                 "wide_share_neighbors": self.wide_k,
                 "unknown_threshold": self.unknown_threshold,
@@ -451,6 +454,8 @@ class _QueryMapping:
             + (f"; moved as a whole by the shift, kept known: {', '.join(self.shifted)}" if self.shifted else "")
             + (f"; {self.known_from_unknown} cells called Unknown by the refinement express a known class and "
                "get it" if self.known_from_unknown else "")
+            + (f"; {self.attached} cells no seed reached in the refinement graph took their nearest reached cells' "
+               "call" if self.attached else "")
             + (f"; the Unknown cells' top classes: {top_classes}" if n_unknown else ""),
         )  # fmt: skip
         if n_unknown > UNKNOWN_WARN_SHARE * adata.n_obs:
