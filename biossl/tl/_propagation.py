@@ -394,8 +394,8 @@ def rank01(x: np.ndarray) -> np.ndarray:
     return rankdata(x) / len(x)
 
 
-# A cell that no label reaches through the graph (its graph component holds no labelled cell) takes the mean
-# class-balanced probabilities (propagated with every class carrying the same mass, before the class prior and the
+# tl.annotate: a cell that no label reaches through the graph (its graph component holds no labelled cell) takes the
+# mean class-balanced probabilities (propagated with every class carrying the same mass, before the class prior and the
 # self-training) of its ATTACH_NEIGHBORS nearest reached cells in the graph's representation, pulled toward uniform by
 # how far the nearest one lies: weight r / d, with d that distance and r that cell's neighbourhood radius (the
 # distance to its farthest graph neighbour). Beyond d = ATTACH_MAX_RATIO * r the cell stays Unknown. On generated
@@ -412,16 +412,17 @@ ATTACH_MAX_RATIO = 5.0
 
 
 def attach_to_reached(
-    rep: np.ndarray, radius: np.ndarray, proba: np.ndarray, balanced: np.ndarray | None
+    rep: np.ndarray, radius: np.ndarray, proba: np.ndarray, source: np.ndarray | None
 ) -> tuple[np.ndarray, int]:
     """``proba`` with the cells no label reached (rows summing to 0) given their nearest reached cells' call.
 
     ``rep``: the graph's representation; ``radius``: each cell's distance to its farthest graph neighbour;
-    ``balanced``: the class-balanced propagated probabilities of every cell (``AnnotationPredictor.balanced``; None
-    when the propagation reached every cell). Returns the probabilities and how many cells took a call.
+    ``source``: the probabilities of every cell that the unreached ones take the mean of (``tl.annotate``: the
+    class-balanced ones, ``AnnotationPredictor.balanced``, None when the propagation reached every cell; the
+    refinement of ``map_query``: ``proba`` itself). Returns the probabilities and how many cells took a call.
     """
     reached = proba.sum(1) > 0
-    if balanced is None or reached.all() or not reached.any():
+    if source is None or reached.all() or not reached.any():
         return proba, 0
     found = np.flatnonzero(reached)
     k = min(ATTACH_NEIGHBORS, len(found))
@@ -436,5 +437,5 @@ def attach_to_reached(
     out = proba.copy()
     rows = np.flatnonzero(~reached)[near]
     if len(rows):
-        out[rows] = weight * balanced[idx[near]].mean(1) + (1.0 - weight) / n_classes
+        out[rows] = weight * source[idx[near]].mean(1) + (1.0 - weight) / n_classes
     return out, int(near.sum())
