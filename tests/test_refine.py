@@ -280,10 +280,10 @@ def test_cells_no_seed_reaches_take_their_nearest_reached_cells_call():
     spread = _refine._SeedSpreader(graph.gaussian_affinity(idx, dist), latent, dist.max(1), 0.9)
     seeds = np.full(len(latent), -1)
     seeds[[0, 1, 2, 60, 61, 62]] = [0, 0, 0, 1, 1, 1]
-    proba = spread(seeds, 3)
+    proba, attached = spread(seeds, 3)
     assert np.allclose(proba[:120].sum(1), 1.0) and np.all(proba[group].argmax(1) == 1)
     assert np.all(proba[group, 1] > 0.5) and np.all(proba[distant] == 0) and np.all(proba[:, 2] == 0)
-    assert spread.attached == len(group)  # what map_query records as refine_attached
+    assert attached == len(group)  # what map_query records as refine_attached
     n_ref = 6  # the first three cells of each class as the reference sample, the rest as the query
     order = np.r_[[0, 1, 2, 60, 61, 62], np.setdiff1d(np.arange(len(latent)), [0, 1, 2, 60, 61, 62])]
     idx, dist = graph.knn(latent[order], 8)

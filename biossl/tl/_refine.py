@@ -143,8 +143,8 @@ def refine_on_query(
     info = {"mixing": mixing, "shifted": [int(c) for c in shifted], "known_from_unknown": 0, "attached": 0}
     if len(np.unique(seeds[seeds >= 0])) < 2 or (query_seeds < 0).sum() == 0:  # nothing to refine: calls stand
         return proba, confidence, pred, (pred < 0) | low, info
-    full = spread(seeds, n_classes + 1)[n_ref:]
-    info["attached"] = spread.attached
+    full, info["attached"] = spread(seeds, n_classes + 1)
+    full = full[n_ref:]
     full[query_seeds >= 0] = np.eye(n_classes + 1)[query_seeds[query_seeds >= 0]]  # seeds keep their call
     mapped = np.zeros((n, n_classes + 1))
     mapped[:, :n_classes] = proba  # a low score alone does not make a cell Unknown: its neighbourhood decides
@@ -172,21 +172,20 @@ class _SeedSpreader:
     """The refinement graph's propagation (as ``tl.annotate``: class prior estimated, self-training on ``latent``).
 
     Called with seeds (a class code per row, -1 = none) and a width, it returns the probabilities of the classes
-    that have seeds in their columns (zeros in the others); every call shares one spreading operator. A cell in a
-    part of the graph no seed reaches takes the mean probabilities of its nearest reached cells on ``latent``
-    (:func:`biossl.tl._propagation.attach_to_reached`; ``radius``: each cell's distance to its farthest graph
-    neighbour). Unlike ``tl.annotate``, which attaches with the class-balanced probabilities (its labels are few
-    and need not follow the cells' composition), these are the final ones: the seeds here include the query's own
-    mapped calls, so the estimated class prior follows the query. Measured on 24 generated species pairs
-    (``benchmarks/strong_batch_log.md``).
+    that have seeds in their columns (zeros in the others) and how many cells it attached (below); every call shares
+    one spreading operator. A cell in a part of the graph no seed reaches takes the mean probabilities of its
+    nearest reached cells on ``latent`` (:func:`biossl.tl._propagation.attach_to_reached`; ``radius``: each cell's
+    distance to its farthest graph neighbour). Unlike ``tl.annotate``, which attaches with the class-balanced
+    probabilities (its labels are few and need not follow the cells' composition), these are the final ones: the
+    seeds here include the query's own mapped calls, so the estimated class prior follows the query. Measured on 24
+    generated species pairs (``benchmarks/strong_batch_log.md``).
     """
 
     def __init__(self, W, latent: np.ndarray, radius: np.ndarray, alpha: float) -> None:
         self.W, self.rep, self.radius, self.alpha = W, latent.astype(np.float64), radius, alpha
         self.operator = graph.spreading_operator(W, alpha)
-        self.attached = 0  # the cells the last call attached
 
-    def __call__(self, seeds: np.ndarray, width: int) -> np.ndarray:
+    def __call__(self, seeds: np.ndarray, width: int) -> tuple[np.ndarray, int]:
         used = np.unique(seeds[seeds >= 0])  # propagate over the classes that have seeds only
         compact = np.where(seeds >= 0, np.searchsorted(used, seeds), -1)
         predict = annotation_predictor(
@@ -194,8 +193,8 @@ class _SeedSpreader:
         )
         out = np.zeros((len(seeds), width))
         proba = predict(compact)
-        out[:, used], self.attached = attach_to_reached(self.rep, self.radius, proba, proba)  # cells no seed reaches
-        return out
+        out[:, used], attached = attach_to_reached(self.rep, self.radius, proba, proba)  # cells no seed reaches
+        return out, attached
 
 
 def _reference_only_calls(
@@ -213,7 +212,7 @@ def _reference_only_calls(
     if len(used) < 2 or mixing is None:
         return np.full(n, -1, dtype=np.int64)
     seeds = np.concatenate([ref_seeds, np.full(n, -1, dtype=np.int64)])
-    proba = spread(seeds, n_classes)[len(ref_seeds) :, used]
+    proba = spread(seeds, n_classes)[0][len(ref_seeds) :, used]
     calls = np.where(proba.any(1), used[proba.argmax(1)], -1)  # -1: a cell the labels do not reach
     if mixing >= graph.MIXING_MIN or (well.any() and np.mean(calls[well] == mapped[well]) >= REFINE_GRAPH_AGREEMENT):
         return calls
