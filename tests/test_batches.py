@@ -13,7 +13,7 @@ import biossl
 from biossl import graph
 from biossl.graph import MIXING_MIN
 from biossl.metrics import macro_f1
-from biossl.tl._pca import _pca_scaled_per_batch
+from biossl.tl._pca import MIXING_LIFT, _pca_scaled_per_batch
 
 
 @pytest.fixture(scope="module")
@@ -179,6 +179,64 @@ def test_mnn_bridges_join_matching_clusters_only():
     tiny = np.where(np.arange(200) < 195, "a", "b")
     W = graph.mnn_bridges(X, tiny, k=10, method="pynndescent")
     assert W.nnz > 0 and abs(W - W.T).max() < 1e-6
+
+
+def test_batches_that_mix_weakly_are_scaled_when_scaling_lifts_their_mixing(pbmc_full):
+    """A milder shift than ``_strong``: half the depth, noisier counts, no gene-wise factor; mixing above the gate."""
+    adata = pbmc_full
+    rng = np.random.default_rng(0)
+    is_b = rng.random(adata.n_obs) < 0.5
+    X = sp.csr_matrix(adata.X, dtype=np.float64)
+    B = X[is_b].tocoo()
+    B.data = rng.poisson(rng.gamma(4.0, B.data * 0.5 / 4.0)).astype(np.float64)
+    B = sp.csr_matrix(B)
+    B.eliminate_zeros()
+    adata = ad.AnnData(
+        sp.vstack([X[~is_b], B]).tocsr().astype(np.float32),
+        obs=adata.obs.iloc[np.r_[np.flatnonzero(~is_b), np.flatnonzero(is_b)]].copy(),
+        var=adata.var[[]].copy(),
+    )
+    adata.obs_names_make_unique()
+    is_b = np.arange(adata.n_obs) >= (~is_b).sum()
+    adata.obs["batch"] = pd.Categorical(np.where(is_b, "tech_B", "tech_A"))
+    truth = adata.obs["cell_type"].astype(str).to_numpy()
+    adata.obs["labels"] = pd.Categorical(np.where(is_b, None, truth))
+    biossl.pp.setup(adata, batch_key="batch")
+    pooled = adata.copy()
+    biossl.tl.embed(adata)
+    rec = adata.uns["biossl"]["embed"]
+    floor = graph.mixing_floor(rec["batch_mixing"]["pooled"])
+    assert MIXING_MIN <= floor < 1 - MIXING_LIFT  # above the gate: before, no correction
+    assert graph.mixing_floor(rec["batch_mixing"]["scaled"]) >= floor + MIXING_LIFT
+    assert rec["batch_correction"] == "scale" and rec["scaled_within"] == ["tech_A", "tech_B"]
+    biossl.tl.embed(pooled, batch_correction="none")
+    f1 = {}
+    for name, a in (("auto", adata), ("none", pooled)):
+        biossl.tl.neighbors(a)
+        biossl.tl.annotate(a, "labels")
+        f1[name] = macro_f1(truth[is_b], a.obs["biossl_label"].astype(str).to_numpy()[is_b])
+    assert f1["auto"] > f1["none"] + 0.03
+
+
+def test_batches_whose_mixing_scaling_lowers_keep_the_pooled_pca(pbmc_full):
+    """Two batches of one technology, one of them without T cells: scaling per batch only blurs the types."""
+    adata = pbmc_full
+    rng = np.random.default_rng(0)
+    t_cell = adata.obs["cell_type"].isin(["Naive CD4 T", "Memory CD4 T", "CD8 T"]).to_numpy()
+    batch = np.where(rng.random(adata.n_obs) < 0.5, "a", "b")
+    keep = ~((batch == "b") & t_cell)
+    adata = adata[keep].copy()
+    adata.obs["batch"] = pd.Categorical(batch[keep])
+    biossl.pp.setup(adata, batch_key="batch")
+    none = adata.copy()
+    biossl.tl.embed(adata)
+    rec = adata.uns["biossl"]["embed"]
+    pooled, scaled = rec["batch_mixing"]["pooled"], rec["batch_mixing"]["scaled"]
+    assert MIXING_MIN <= graph.mixing_floor(pooled) < 1 - MIXING_LIFT
+    assert graph.mixing_floor(scaled) < graph.mixing_floor(pooled) + MIXING_LIFT  # measured, not adopted
+    assert rec["batch_correction"] == "none" and "scaled_within" not in rec
+    biossl.tl.embed(none, batch_correction="none")
+    np.testing.assert_array_equal(adata.obsm["X_biossl"], none.obsm["X_biossl"])
 
 
 def test_mixed_batches_are_left_alone(pbmc_small, tmp_path):

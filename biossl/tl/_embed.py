@@ -97,8 +97,9 @@ def embed(
         mixing score is below ``biossl.graph.MIXING_MIN`` (labels could not cross such a graph). With more than two
         batches the weakest split of them into two groups counts too (donors that mix within each of two
         technologies that do not), and scaling is kept for such a split only if it lifts the split's score above
-        the gate (cellbench's two designs, which differ in their cell lines, stay unscaled). The scores and the
-        choice are recorded.
+        the gate (cellbench's two designs, which differ in their cell lines, stay unscaled). Batches that mix
+        above the gate but weakly (below 0.8) are scaled too when scaling lifts their score by at least
+        ``biossl.tl._pca.MIXING_LIFT`` (0.2). The scores and the choice are recorded.
     copy
         {copy}
 
@@ -230,7 +231,7 @@ def _pca(adata: AnnData, mask, counts_key: str, n_comps: int, seed: int, batch, 
         X = counts_matrix(adata, counts_key)[:, np.flatnonzero(mask)]
     batch = None if batch is None else batch.to_numpy().astype(str)
     # X is a fresh copy of the selected genes (a column selection always copies): normalised in place
-    return pca_latent(X, n_comps, seed, batch=batch, batch_correction=batch_correction, copy=False)
+    return pca_latent(X, n_comps, seed, batch=batch, batch_correction=batch_correction, copy=False, lift=True)
 
 
 def _load(path, device: str) -> EmbeddingModel:
