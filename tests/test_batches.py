@@ -181,24 +181,30 @@ def test_mnn_bridges_join_matching_clusters_only():
     assert W.nnz > 0 and abs(W - W.T).max() < 1e-6
 
 
-def test_batches_that_mix_weakly_are_scaled_when_scaling_lifts_their_mixing(pbmc_full):
-    """A milder shift than ``_strong``: half the depth, noisier counts, no gene-wise factor; mixing above the gate."""
-    adata = pbmc_full
+@pytest.fixture(scope="module")
+def _weak(_pbmc_full) -> ad.AnnData:
+    """A milder shift than ``_strong``: a random half of pbmc3k at half the depth with gamma-Poisson counts (tech_B),
+    no gene-wise factor; its pooled PCA mixes above the gate (tests only read it)."""
     rng = np.random.default_rng(0)
-    is_b = rng.random(adata.n_obs) < 0.5
-    X = sp.csr_matrix(adata.X, dtype=np.float64)
+    is_b = rng.random(_pbmc_full.n_obs) < 0.5
+    X = sp.csr_matrix(_pbmc_full.X, dtype=np.float64)
     B = X[is_b].tocoo()
     B.data = rng.poisson(rng.gamma(4.0, B.data * 0.5 / 4.0)).astype(np.float64)
     B = sp.csr_matrix(B)
     B.eliminate_zeros()
     adata = ad.AnnData(
         sp.vstack([X[~is_b], B]).tocsr().astype(np.float32),
-        obs=adata.obs.iloc[np.r_[np.flatnonzero(~is_b), np.flatnonzero(is_b)]].copy(),
-        var=adata.var[[]].copy(),
+        obs=_pbmc_full.obs.iloc[np.r_[np.flatnonzero(~is_b), np.flatnonzero(is_b)]][["cell_type"]].copy(),
+        var=_pbmc_full.var[[]].copy(),
     )
     adata.obs_names_make_unique()
-    is_b = np.arange(adata.n_obs) >= (~is_b).sum()
-    adata.obs["batch"] = pd.Categorical(np.where(is_b, "tech_B", "tech_A"))
+    adata.obs["batch"] = pd.Categorical(np.where(np.arange(adata.n_obs) >= (~is_b).sum(), "tech_B", "tech_A"))
+    return adata
+
+
+def test_batches_that_mix_weakly_are_scaled_when_scaling_lifts_their_mixing(_weak):
+    adata = _weak.copy()
+    is_b = (adata.obs["batch"] == "tech_B").to_numpy()
     truth = adata.obs["cell_type"].astype(str).to_numpy()
     adata.obs["labels"] = pd.Categorical(np.where(is_b, None, truth))
     biossl.pp.setup(adata, batch_key="batch")
@@ -284,6 +290,26 @@ def test_map_query_holds_under_a_strong_shift(_strong, _strong_reference, held_o
     assert unknown[True] < 0.05 < unknown[False]
     if held_out is not None:
         assert np.mean(calls[True][~known] == "Unknown") > 0.7
+
+
+def test_map_query_refines_on_a_scaled_graph_when_reference_and_query_mix_weakly(_weak, monkeypatch):
+    """The refinement's expression graph takes the weak-mixing lift as ``tl.embed`` does."""
+    from biossl.tl import _refine
+
+    is_b = (_weak.obs["batch"] == "tech_B").to_numpy()
+    truth = _weak.obs["cell_type"].astype(str).to_numpy()
+    reference = biossl.tl.fit_reference(
+        _weak[~is_b].copy(), "cell_type", batch_key="batch", max_steps=1000, progress=False
+    )
+    out, pca = {}, _refine.pca_latent
+    for lift in (True, False):
+        if not lift:  # the refinement graph as before the lift
+            monkeypatch.setattr(_refine, "pca_latent", lambda *a, **k: pca(*a, **{**k, "lift": False}))
+        q = _weak[is_b].copy()
+        biossl.tl.map_query(q, reference, batch_key="batch", progress=False)
+        out[lift] = (macro_f1(truth[is_b], q.obs["biossl_label"].astype(str).to_numpy()), q.uns["biossl"]["map_query"])
+    assert out[False][1]["refine_mixing"] < 1 - MIXING_LIFT <= out[True][1]["refine_mixing"]
+    assert out[True][0] > out[False][0] + 0.03
 
 
 def test_map_query_keeps_a_known_type_known_when_it_alone_shifts(_strong, _strong_reference):

@@ -75,7 +75,7 @@ def refine_on_query(
     """Propagate the mapped calls over an expression graph of the query, with an Unknown class seeded by low scores.
 
     The graph is a kNN graph on the PCA of the query's counts (:func:`biossl.tl._pca.pca_latent`, genes scaled per
-    batch when batches do not mix) and, with a reference ``sample`` (:func:`biossl.tl._reference.expression_sample`;
+    batch as in ``tl.embed``) and, with a reference ``sample`` (:func:`biossl.tl._reference.expression_sample`;
     labels: ``sample_codes`` at its rows), of the sampled reference cells' counts too, each reference batch a batch
     of its own. Seeds: the reference cells with their labels; per predicted class, the more confident half of its
     query cells whose score reaches ``threshold`` and whose class the reference sample's labels, spread over this
@@ -112,7 +112,7 @@ def refine_on_query(
     codes = np.asarray(sample_codes)
     ref_counts = None if contrasts is None else np.bincount(codes[codes >= 0], minlength=n_classes)  # per class
     shifted = _shifted_classes(contrasts, pred, low, ref_counts)  # a type the shift moved as a whole seeds itself
-    latent, _ = pca_latent(L, 50, seed, batch=batch, normalised=True)
+    latent, _ = pca_latent(L, 50, seed, batch=batch, normalised=True, lift=True)
     idx, dist = graph.knn(latent, int(min(k, counts.shape[0] - 1)), seed=seed)
     W = graph.gaussian_affinity(idx, dist)
     spread = _SeedSpreader(W, latent, dist.max(1), alpha)
