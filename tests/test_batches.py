@@ -294,17 +294,17 @@ def test_map_query_holds_under_a_strong_shift(_strong, _strong_reference, held_o
 
 def test_map_query_refines_on_a_scaled_graph_when_reference_and_query_mix_weakly(_weak, monkeypatch):
     """The refinement's expression graph takes the weak-mixing lift as ``tl.embed`` does."""
-    from biossl.tl import _refine
+    from biossl.tl import _pca
 
     is_b = (_weak.obs["batch"] == "tech_B").to_numpy()
     truth = _weak.obs["cell_type"].astype(str).to_numpy()
     reference = biossl.tl.fit_reference(
         _weak[~is_b].copy(), "cell_type", batch_key="batch", max_steps=1000, progress=False
     )
-    out, pca = {}, _refine.pca_latent
+    out = {}
     for lift in (True, False):
         if not lift:  # the refinement graph as before the lift
-            monkeypatch.setattr(_refine, "pca_latent", lambda *a, **k: pca(*a, **{**k, "lift": False}))
+            monkeypatch.setattr(_pca, "MIXING_LIFT", 1.0)
         q = _weak[is_b].copy()
         biossl.tl.map_query(q, reference, batch_key="batch", progress=False)
         out[lift] = (macro_f1(truth[is_b], q.obs["biossl_label"].astype(str).to_numpy()), q.uns["biossl"]["map_query"])

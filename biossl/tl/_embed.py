@@ -231,7 +231,7 @@ def _pca(adata: AnnData, mask, counts_key: str, n_comps: int, seed: int, batch, 
         X = counts_matrix(adata, counts_key)[:, np.flatnonzero(mask)]
     batch = None if batch is None else batch.to_numpy().astype(str)
     # X is a fresh copy of the selected genes (a column selection always copies): normalised in place
-    return pca_latent(X, n_comps, seed, batch=batch, batch_correction=batch_correction, copy=False, lift=True)
+    return pca_latent(X, n_comps, seed, batch=batch, batch_correction=batch_correction, copy=False)
 
 
 def _load(path, device: str) -> EmbeddingModel:

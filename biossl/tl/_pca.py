@@ -31,10 +31,10 @@ PCA_FIT_CELLS = 100_000
 PCA_FIT_MIN_BATCH_CELLS = 1_000  # every batch keeps at least this many cells in the sample (all of a smaller one)
 PROJECT_ROWS = 20_000  # rows projected at a time onto components fitted on a sample
 # Batches that mix above the gate (graph.MIXING_MIN) but weakly: genes are scaled per batch when that lifts the
-# mixing floor by at least this much (``lift=True``, tl.embed). Chosen on pbmc3k_divergent generated without its
-# absent genes (benchmarks/strong_batch_log.md, "Batches that mix weakly"): pooled floors 0.39-0.55 rose by 0.29-0.46
-# and macro-F1 by 0.07-0.09; where scaling lowered the floor (baron_mouse_divergent alike, the few-label baron_mouse
-# at 0.35 -> 0.22) nothing changes.
+# mixing floor by at least this much ("auto"; tl.embed and map_query's refinement graph). Chosen on pbmc3k_divergent
+# generated without its absent genes (benchmarks/strong_batch_log.md, "Batches that mix weakly"): pooled floors
+# 0.39-0.55 rose by 0.29-0.46 and macro-F1 by 0.07-0.11; where scaling does not raise the floor (baron_mouse_divergent
+# alike, the few-label baron_mouse at 0.35 -> 0.22) nothing changes. 1.0 turns the lift off.
 MIXING_LIFT = 0.2
 
 
@@ -47,7 +47,6 @@ def pca_latent(
     batch_correction: BatchCorrection = "auto",
     copy: bool = True,
     normalised: bool = False,
-    lift: bool = False,
 ) -> tuple[np.ndarray, dict]:
     """PCA of raw ``counts`` (cells × genes) after normalize_total (1e4) and log1p, and what was done about batches.
 
@@ -80,7 +79,7 @@ def pca_latent(
         info["batch_mixing"] = {"pooled": _mixing(sample, batch if rows is None else batch[rows], seed)}
         pooled = info["batch_mixing"]["pooled"]
         if graph.mixing_floor(pooled) >= graph.MIXING_MIN:
-            lifted, scaled = _scaled_if_it_lifts(L, batch, n_comps, seed, fit, pooled) if lift else (None, None)
+            lifted, scaled = _scaled_if_it_lifts(L, batch, n_comps, seed, fit, pooled)
             if scaled is not None:
                 info["batch_mixing"]["scaled"] = scaled
             if lifted is not None:

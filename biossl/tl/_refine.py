@@ -112,7 +112,7 @@ def refine_on_query(
     codes = np.asarray(sample_codes)
     ref_counts = None if contrasts is None else np.bincount(codes[codes >= 0], minlength=n_classes)  # per class
     shifted = _shifted_classes(contrasts, pred, low, ref_counts)  # a type the shift moved as a whole seeds itself
-    latent, _ = pca_latent(L, 50, seed, batch=batch, normalised=True, lift=True)
+    latent, _ = pca_latent(L, 50, seed, batch=batch, normalised=True)
     idx, dist = graph.knn(latent, int(min(k, counts.shape[0] - 1)), seed=seed)
     W = graph.gaussian_affinity(idx, dist)
     spread = _SeedSpreader(W, latent, dist.max(1), alpha)
