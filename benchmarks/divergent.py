@@ -33,9 +33,18 @@ GENE_SIGMA, TYPE_SIGMA, DEPTH, DROP, SHAPE = 1.0, 0.5, 0.5, 0.2, 4.0
 
 
 def divergent(
-    adata, shift_batch: str | None, seed: int, *, type_sigma: float = TYPE_SIGMA, gene_sigma: float = GENE_SIGMA
+    adata,
+    shift_batch: str | None,
+    seed: int,
+    *,
+    type_sigma: float = TYPE_SIGMA,
+    gene_sigma: float = GENE_SIGMA,
+    drop: float = DROP,
 ):
-    """A copy of ``adata`` whose shifted cells (batch ``shift_batch``, or a random half) form a divergent tech_B."""
+    """A copy of ``adata`` whose shifted cells (batch ``shift_batch``, or a random half) form a divergent tech_B.
+
+    ``drop``: the share of genes absent from tech_B (0 keeps them all; the random draws stay the same).
+    """
     import anndata as ad
 
     rng = np.random.default_rng(seed)
@@ -49,7 +58,7 @@ def divergent(
     keep_share = rng.uniform(0.2, 1.0, len(names))
     keep = ~shift | (rng.random(adata.n_obs) < keep_share[codes])
     gene = np.exp(rng.normal(0.0, gene_sigma, adata.n_vars)) * DEPTH
-    gene[rng.random(adata.n_vars) < DROP] = 0.0
+    gene[rng.random(adata.n_vars) < drop] = 0.0
     per_type = np.exp(rng.normal(0.0, type_sigma, (len(names), adata.n_vars)))
     B = X[shift & keep].tocoo()
     mean = B.data * gene[B.col] * per_type[codes[shift & keep][B.row], B.col]
@@ -64,7 +73,7 @@ def divergent(
     )
     out.obs["batch"] = np.where(np.arange(out.n_obs) < len(a_rows), "tech_A", "tech_B")
     out.uns["divergent"] = {
-        "gene_sigma": gene_sigma, "type_sigma": type_sigma, "depth": DEPTH, "drop": DROP,
+        "gene_sigma": gene_sigma, "type_sigma": type_sigma, "depth": DEPTH, "drop": drop,
         "gamma_shape": SHAPE, "seed": seed, "shift_batch": shift_batch or "random half",
     }  # fmt: skip
     return out

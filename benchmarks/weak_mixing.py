@@ -2,7 +2,7 @@
 
     PYTHONPATH=. OMP_NUM_THREADS=1 .venv-bench/bin/python benchmarks/weak_mixing.py [--seeds 0 1 2]
 
-The generator of ``divergent.py`` without its absent genes (``DROP = 0``): tech_B is tech_A's data at half the
+The generator of ``divergent.py`` without its absent genes (``drop=0``): tech_B is tech_A's data at half the
 depth with gamma-Poisson counts, a composition of its own and, up the ladder, factors per gene (``gene_sigma``)
 and per gene and cell type (``type_sigma``). Labels: every tech_A cell; macro-F1 on tech_B over tech_A's types.
 Three PCA graphs of the default pooled path (``pp.setup`` → ``tl.embed`` → ``tl.neighbors`` → ``tl.annotate``):
@@ -17,7 +17,6 @@ Writes
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -36,8 +35,7 @@ LADDER = [(0.0, 0.0), (0.25, 0.125), (0.5, 0.25), (1.0, 0.5), (0.25, 0.5), (0.5,
 
 def run(source: str, seed: int, gene_sigma: float, type_sigma: float, base) -> dict:
     shift_batch = divergent.SOURCES[source][1]
-    divergent.DROP = 0.0
-    a = divergent.divergent(base, shift_batch, seed=seed, gene_sigma=gene_sigma, type_sigma=type_sigma)
+    a = divergent.divergent(base, shift_batch, seed=seed, gene_sigma=gene_sigma, type_sigma=type_sigma, drop=0.0)
     a.X = a.X.astype(np.float32)
     truth = a.obs["cell_type"].astype(str).to_numpy()
     is_b = (a.obs["batch"] == "tech_B").to_numpy()
@@ -98,13 +96,13 @@ def main(argv=None) -> int:
                 r = run(source, seed, g, t, base)
                 results[f"{source}|{seed}|{g}|{t}"] = r
                 print(source, seed, g, t, {k: round(v["macro_f1"], 3) for k, v in r.items()}, flush=True)
+    from splits import write_json_atomic
+
+    from biossl._io import write_text_atomic
+
     out = sb.RESULTS / "weak_mixing.json"
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"runs": results, "args": vars(args), "machine": machine()}, indent=1, default=float))
-    tmp.replace(out)
-    md = sb.RESULTS / "weak_mixing.md"
-    md.with_suffix(".tmp").write_text(table(results))
-    md.with_suffix(".tmp").replace(md)
+    write_json_atomic({"runs": results, "args": vars(args), "machine": machine()}, out)
+    write_text_atomic(table(results), out.with_suffix(".md"), overwrite=True)
     return 0
 
 
