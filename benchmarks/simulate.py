@@ -33,7 +33,7 @@ N_FAMILIES = 4
 TYPES_PER_FAMILY = 3
 
 
-def _programme(n_cells, n_genes, n_types, n_batches, seed):
+def _programme(n_cells, n_genes, n_types, n_batches, seed, batch_sigma=0.3):
     """Everything that is fixed per gene, type and batch (small), plus each cell's type and batch."""
     rng = np.random.default_rng(seed)
     # gene base proportions: heavy-tailed, as in real data (few genes take most reads)
@@ -48,7 +48,7 @@ def _programme(n_cells, n_genes, n_types, n_batches, seed):
     for t in range(n_types):  # each type's own, weaker markers
         genes = rng.choice(n_genes, 50, replace=False)
         log_effect[t, genes] += rng.normal(np.log(3.0), 0.4, len(genes))
-    batch_effect = rng.normal(0.0, 0.3, (n_batches, n_genes))  # gene-wise, log scale
+    batch_effect = rng.normal(0.0, batch_sigma, (n_batches, n_genes))  # gene-wise, log scale
     batch_depth = rng.normal(0.0, 0.25, n_batches)
     # unequal type sizes, with rare types (smallest ~1%)
     weights = np.sort(rng.dirichlet(np.full(n_types, 2.0)))[::-1]
@@ -164,6 +164,53 @@ def simulate_h5ad(
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def simulate_in_memory(
+    n_cells: int,
+    n_genes: int = 2000,
+    *,
+    n_batches: int = 4,
+    batch_sigma: float = 0.3,
+    missing_family: int | None = None,
+    seed: int = 0,
+    chunk_size: int = 20_000,
+) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
+    """(counts, batch names, type codes) of :func:`simulate_h5ad`'s model, in memory.
+
+    ``batch_sigma`` is the sd of the gene-wise batch factor on the log scale (0.3 in the files; smaller values give
+    batches that mix weakly rather than not at all). ``missing_family``: batch 0 holds no cell of that family's types
+    (its cells of them take another type at random), a difference in composition that scaling per batch cannot mend.
+    With the defaults the cells' types and batches are those of ``simulate_h5ad(..., seed=seed)``.
+    """
+    base, theta, log_effect, batch_effect, batch_depth, cell_type, batch = _programme(
+        n_cells, n_genes, N_FAMILIES * TYPES_PER_FAMILY, n_batches, seed, batch_sigma
+    )
+    if missing_family is not None:
+        family = cell_type // TYPES_PER_FAMILY
+        moved = (batch == 0) & (family == missing_family)
+        others = np.flatnonzero(np.arange(N_FAMILIES * TYPES_PER_FAMILY) // TYPES_PER_FAMILY != missing_family)
+        cell_type = cell_type.copy()
+        cell_type[moved] = np.random.default_rng([seed, 2]).choice(others, moved.sum())
+    blocks = []
+    for c, start in enumerate(range(0, n_cells, chunk_size)):
+        stop = min(n_cells, start + chunk_size)
+        blocks.append(
+            sp.csr_matrix(
+                _chunk_counts(
+                    np.random.default_rng([seed, 1, c]),
+                    base,
+                    theta,
+                    log_effect,
+                    batch_effect,
+                    batch_depth,
+                    cell_type[start:stop],
+                    batch[start:stop],
+                    500.0,
+                )
+            )
+        )
+    return sp.vstack(blocks).tocsr(), np.array([f"batch{b}" for b in batch]), cell_type
 
 
 def main(argv=None) -> None:

@@ -372,6 +372,39 @@ def test_auto_gate_on_large_data_measures_a_sample_and_keeps_the_chosen_latent(_
     assert fitted.count(counts.shape[0]) == (2 if mixed else 0)  # the whole pooled PCA only when it is kept
 
 
+@pytest.mark.parametrize("kept", [True, False])
+def test_weak_mixing_on_large_data_probes_the_scaled_pca_on_the_sample(_weak, pbmc_full, monkeypatch, kept):
+    """Above MIXING_MAX_CELLS cells the lift's scaled PCA is measured on the diagnostic's sample, as the pooled one
+    is; the whole scaled PCA is built only when it is kept (the weak shift), never when it is not (a batch without
+    T cells, where scaling lowers the mixing)."""
+    from biossl.tl import _pca
+
+    if kept:
+        counts, batch = sp.csr_matrix(_weak.X, dtype=np.float32), _weak.obs["batch"].astype(str).to_numpy()
+    else:
+        t_cell = pbmc_full.obs["cell_type"].isin(["Naive CD4 T", "Memory CD4 T", "CD8 T"]).to_numpy()
+        batch = np.where(np.random.default_rng(0).random(pbmc_full.n_obs) < 0.5, "a", "b")
+        keep = ~((batch == "b") & t_cell)
+        counts, batch = sp.csr_matrix(pbmc_full.X[keep], dtype=np.float32), batch[keep]
+    monkeypatch.setattr(_pca, "MIXING_MAX_CELLS", 1500)
+    fitted, scaled_pca = [], _pca._pca_scaled_per_batch
+
+    def counted(L, *args, **kwargs):  # the rows of every scaled PCA built
+        fitted.append(L.shape[0])
+        return scaled_pca(L, *args, **kwargs)
+
+    monkeypatch.setattr(_pca, "_pca_scaled_per_batch", counted)
+    latent, info = _pca.pca_latent(counts, 20, 0, batch=batch)
+    floor = graph.mixing_floor(info["batch_mixing"]["pooled"])
+    assert MIXING_MIN <= floor < 1 - MIXING_LIFT
+    assert (graph.mixing_floor(info["batch_mixing"]["scaled"]) >= floor + MIXING_LIFT) == kept
+    assert fitted == ([1500, counts.shape[0]] if kept else [1500])
+    expect = "scale" if kept else "none"
+    assert info["batch_correction"] == expect
+    again, _ = _pca.pca_latent(counts, 20, 0, batch=batch, batch_correction=expect)
+    np.testing.assert_array_equal(latent, again)
+
+
 def test_cli_bridges_option_gives_the_api_graph(_strong, tmp_path):
     from click.testing import CliRunner
 

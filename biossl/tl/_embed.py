@@ -99,7 +99,8 @@ def embed(
         technologies that do not), and scaling is kept for such a split only if it lifts the split's score above
         the gate (cellbench's two designs, which differ in their cell lines, stay unscaled). Batches that mix
         above the gate but weakly (below 0.8) are scaled too when scaling lifts their score by at least
-        ``biossl.tl._pca.MIXING_LIFT`` (0.2). The scores and the choice are recorded.
+        ``biossl.tl._pca.MIXING_LIFT`` (0.2), read as the pooled score is (on the 20,000-cell sample on larger
+        data). The scores and the choice are recorded.
     copy
         {copy}
 

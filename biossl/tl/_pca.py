@@ -18,7 +18,8 @@ logger = logging.getLogger("biossl")
 BATCH_CORRECTIONS = ("auto", "none", "scale")
 # the diagnostic's kNN graph is built on at most this many cells (a seeded sample); the pooled PCA the "auto" gate
 # measures is fitted on that sample alone, so data whose batches do not mix never pay for the whole pooled PCA
-# (10^5 cells: 40 of the embedding's 65 CPU-s)
+# (10^5 cells: 40 of the embedding's 65 CPU-s), and so is the scaled PCA the weak-mixing lift measures, built on every
+# cell only when it is kept (benchmarks/large_weak_mixing.py)
 MIXING_MAX_CELLS = 20_000
 # Above PCA_FIT_MAX_CELLS cells the components are fitted on a seeded sample of PCA_FIT_CELLS cells and every cell is
 # projected (in row chunks): the fit's memory and time stop growing with the data, which a 10^6-cell file needs
@@ -79,7 +80,7 @@ def pca_latent(
         info["batch_mixing"] = {"pooled": _mixing(sample, batch if rows is None else batch[rows], seed)}
         pooled = info["batch_mixing"]["pooled"]
         if graph.mixing_floor(pooled) >= graph.MIXING_MIN:
-            lifted, scaled = _scaled_if_it_lifts(L, batch, n_comps, seed, fit, pooled)
+            lifted, scaled = _scaled_if_it_lifts(L, batch, n_comps, seed, fit, pooled, rows)
             if scaled is not None:
                 info["batch_mixing"]["scaled"] = scaled
             if lifted is not None:
@@ -126,16 +127,21 @@ def pca_latent(
     return latent, {**info, "batch_correction": "scale"}
 
 
-def _scaled_if_it_lifts(L, batch: np.ndarray, n_comps: int, seed: int, fit, pooled: dict):
+def _scaled_if_it_lifts(L, batch: np.ndarray, n_comps: int, seed: int, fit, pooled: dict, rows: np.ndarray | None):
     """(PCA scaled per batch or None, its mixing or None): the latent only if it lifts a weak floor by ``MIXING_LIFT``.
 
-    Not measured (None, None) where the pooled floor is ``1 - MIXING_LIFT`` or more.
+    Not measured (None, None) where the pooled floor is ``1 - MIXING_LIFT`` or more. With ``rows`` (the diagnostic's
+    sample, above ``MIXING_MAX_CELLS`` cells) the scaled PCA is measured as the pooled one was, fitted on those rows
+    alone, and built on every cell only when it is kept.
     """
     floor = graph.mixing_floor(pooled)
     if floor >= 1.0 - MIXING_LIFT:
         return None, None
-    latent = _pca_scaled_per_batch(L, batch, n_comps, fit)
-    scaled = _mixing(latent, batch, seed)
+    if rows is None:
+        probe = _pca_scaled_per_batch(L, batch, n_comps, fit)
+        scaled = _mixing(probe, batch, seed)
+    else:
+        probe, scaled = None, _mixing(_pca_scaled_per_batch(L[rows], batch[rows], n_comps), batch[rows], seed)
     if graph.mixing_floor(scaled) < floor + MIXING_LIFT:
         return None, scaled
     logger.info(
@@ -144,7 +150,7 @@ def _scaled_if_it_lifts(L, batch: np.ndarray, n_comps: int, seed: int, fit, pool
         floor,
         graph.mixing_floor(scaled),
     )
-    return latent, scaled
+    return (_pca_scaled_per_batch(L, batch, n_comps, fit) if probe is None else probe), scaled
 
 
 def _scaling_groups(mixing: dict, batch: np.ndarray) -> tuple[np.ndarray, list[str]]:
