@@ -71,6 +71,18 @@ def _chunk_counts(rng, base, theta, log_effect, batch_effect, batch_depth, cell_
     return counts.astype(np.float32)
 
 
+def _blocks(programme: tuple, n_cells: int, chunk_size: int, seed: int, library_mean: float):
+    """(first row, end row, CSR counts) of each chunk of cells; chunk ``c`` draws from ``default_rng([seed, 1, c])``."""
+    base, theta, log_effect, batch_effect, batch_depth, cell_type, batch = programme
+    for c, start in enumerate(range(0, n_cells, chunk_size)):
+        stop = min(n_cells, start + chunk_size)
+        counts = _chunk_counts(
+            np.random.default_rng([seed, 1, c]), base, theta, log_effect, batch_effect, batch_depth,
+            cell_type[start:stop], batch[start:stop], library_mean,
+        )  # fmt: skip
+        yield start, stop, sp.csr_matrix(counts)
+
+
 def simulate_h5ad(
     path: str | os.PathLike,
     n_cells: int,
@@ -133,22 +145,8 @@ def simulate_h5ad(
             indices = grp.create_dataset("indices", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=chunks)
             indptr = grp.create_dataset("indptr", shape=(n_cells + 1,), dtype=np.int64)
             indptr[0] = 0
-            for c, start in enumerate(range(0, n_cells, chunk_size)):
-                stop = min(n_cells, start + chunk_size)
-                rng = np.random.default_rng([seed, 1, c])
-                block = sp.csr_matrix(
-                    _chunk_counts(
-                        rng,
-                        base,
-                        theta,
-                        log_effect,
-                        batch_effect,
-                        batch_depth,
-                        cell_type[start:stop],
-                        batch[start:stop],
-                        library_mean,
-                    )
-                )
+            programme = (base, theta, log_effect, batch_effect, batch_depth, cell_type, batch)
+            for start, stop, block in _blocks(programme, n_cells, chunk_size, seed, library_mean):
                 data.resize((nnz + block.nnz,))
                 indices.resize((nnz + block.nnz,))
                 data[nnz:] = block.data
@@ -192,24 +190,8 @@ def simulate_in_memory(
         others = np.flatnonzero(np.arange(N_FAMILIES * TYPES_PER_FAMILY) // TYPES_PER_FAMILY != missing_family)
         cell_type = cell_type.copy()
         cell_type[moved] = np.random.default_rng([seed, 2]).choice(others, moved.sum())
-    blocks = []
-    for c, start in enumerate(range(0, n_cells, chunk_size)):
-        stop = min(n_cells, start + chunk_size)
-        blocks.append(
-            sp.csr_matrix(
-                _chunk_counts(
-                    np.random.default_rng([seed, 1, c]),
-                    base,
-                    theta,
-                    log_effect,
-                    batch_effect,
-                    batch_depth,
-                    cell_type[start:stop],
-                    batch[start:stop],
-                    500.0,
-                )
-            )
-        )
+    programme = (base, theta, log_effect, batch_effect, batch_depth, cell_type, batch)
+    blocks = [block for _, _, block in _blocks(programme, n_cells, chunk_size, seed, 500.0)]
     return sp.vstack(blocks).tocsr(), np.array([f"batch{b}" for b in batch]), cell_type
 
 

@@ -343,6 +343,18 @@ def test_map_query_keeps_a_known_type_known_when_it_alone_shifts(_strong, _stron
     assert np.mean(kept) < np.mean(outright) - 0.05
 
 
+def _rows_of_calls(monkeypatch, module, name: str) -> list[int]:
+    """The number of rows of the matrix passed to each later call of ``module.name`` (patched to record it)."""
+    rows, original = [], getattr(module, name)
+
+    def counted(L, *args, **kwargs):
+        rows.append(L.shape[0])
+        return original(L, *args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+    return rows
+
+
 @pytest.mark.parametrize("mixed", [True, False])
 def test_auto_gate_on_large_data_measures_a_sample_and_keeps_the_chosen_latent(_strong, monkeypatch, mixed):
     """Above MIXING_MAX_CELLS cells the gate's pooled PCA is fitted on the diagnostic's sample only; the latent it
@@ -354,13 +366,7 @@ def test_auto_gate_on_large_data_measures_a_sample_and_keeps_the_chosen_latent(_
     batch = _strong.obs["batch"].astype(str).to_numpy()
     if mixed:
         batch = np.random.default_rng(0).permutation(batch)
-    fitted, pooled = [], _pca._pooled_pca
-
-    def counted(L, *args, **kwargs):  # the rows of every pooled PCA fitted
-        fitted.append(L.shape[0])
-        return pooled(L, *args, **kwargs)
-
-    monkeypatch.setattr(_pca, "_pooled_pca", counted)
+    fitted = _rows_of_calls(monkeypatch, _pca, "_pooled_pca")  # the rows of every pooled PCA fitted
     latent, info = _pca.pca_latent(counts, 20, 0, batch=batch)
     assert fitted[0] == 800 and info["batch_mixing"]["pooled"]["score"] == pytest.approx(
         0.9 if mixed else 0.05, abs=0.15
@@ -387,13 +393,7 @@ def test_weak_mixing_on_large_data_probes_the_scaled_pca_on_the_sample(_weak, pb
         keep = ~((batch == "b") & t_cell)
         counts, batch = sp.csr_matrix(pbmc_full.X[keep], dtype=np.float32), batch[keep]
     monkeypatch.setattr(_pca, "MIXING_MAX_CELLS", 1500)
-    fitted, scaled_pca = [], _pca._pca_scaled_per_batch
-
-    def counted(L, *args, **kwargs):  # the rows of every scaled PCA built
-        fitted.append(L.shape[0])
-        return scaled_pca(L, *args, **kwargs)
-
-    monkeypatch.setattr(_pca, "_pca_scaled_per_batch", counted)
+    fitted = _rows_of_calls(monkeypatch, _pca, "_pca_scaled_per_batch")  # the rows of every scaled PCA built
     latent, info = _pca.pca_latent(counts, 20, 0, batch=batch)
     floor = graph.mixing_floor(info["batch_mixing"]["pooled"])
     assert MIXING_MIN <= floor < 1 - MIXING_LIFT
