@@ -168,6 +168,51 @@ def test_refinement_keeps_a_known_type_the_shift_moved_as_a_whole_and_not_a_type
     assert np.mean(unknown[query == b_cell]) > 0.6 and np.mean(unknown[~np.isin(query, [b_cell, mono])]) < 0.01
 
 
+@pytest.mark.parametrize("hard", [False, True])
+def test_a_few_unknown_seeds_call_only_low_scoring_cells_unknown(_strong, monkeypatch, hard):
+    # baron_mouse_divergent (model seed 1): five query cells scored below 0.5, the lower-scoring two seeded Unknown, and
+    # that class, carrying as much mass as beta's hundreds of seeds, took 46 low-depth beta cells scoring 0.77-1.00 on a
+    # graph that hardly joined sample and query. Here 120 of tech_B's cells of its largest type are thinned to a
+    # quarter of their depth and mapped with little confidence, four of them score 0.2 (two seed Unknown), and the
+    # graph's PCA is forced unscaled so that sample and query do not mix. Measured (draws 0-2): 74-101 of the thinned
+    # cells Unknown without the rule, the four low-scoring ones with it. A threshold the user chose keeps its meaning
+    from biossl.tl import _refine
+    from biossl.tl._pca import pca_latent
+
+    monkeypatch.setattr(_refine, "pca_latent", lambda *a, **kw: pca_latent(*a, **kw, batch_correction="none"))
+    X, is_b, classes, codes, sample = _refinement_inputs(_strong)
+    query, n, n_classes = codes[is_b], int(is_b.sum()), len(classes)
+    rng = np.random.default_rng(0)
+    thinned = rng.choice(np.flatnonzero(query == np.bincount(query).argmax()), 120, replace=False)
+    Q = sp.lil_matrix(X[is_b])
+    part = sp.csr_matrix(X[is_b][thinned])
+    part.data = rng.binomial(part.data.astype(np.int64), 0.25).astype(np.float32)
+    Q[thinned] = part
+    top = rng.uniform(0.6, 0.95, n)
+    top[thinned] = rng.uniform(0.25, 0.5, len(thinned))
+    proba = np.repeat(((1 - top) / (n_classes - 1))[:, None], n_classes, axis=1)
+    proba[np.arange(n), query] = top
+    score = np.ones(n)
+    score[thinned[:4]] = 0.2
+    out, default = {}, _refine.REFINE_UNKNOWN_MIN_SEEDS
+    for minimum in (default, 0):
+        monkeypatch.setattr(_refine, "REFINE_UNKNOWN_MIN_SEEDS", minimum)
+        _, _, called, unknown, info = _refine.refine_on_query(
+            sp.csr_matrix(Q), np.ones(X.shape[1]), np.zeros(n, dtype=np.int64), proba, query, top, score, 0.5,
+            n_classes, 15, 0.9, 0, sample=sample, sample_codes=codes[~is_b], hard=hard,
+        )  # fmt: skip
+        assert info["unknown_seeds"] == 2 and info["mixing"] < _refine.REFINE_JOINED_MIXING
+        out[minimum] = unknown
+        if minimum == default:
+            kept_calls = called
+    assert out[default][thinned[:4]].all()
+    if hard:
+        assert (out[default] == out[0]).all()
+    else:
+        assert out[default].sum() == 4 and out[0][thinned].sum() > 50  # without the rule Unknown takes the region
+        assert np.mean(kept_calls[thinned[4:]] == query[thinned[4:]]) > 0.9
+
+
 @pytest.mark.parametrize(
     ("share", "sigma", "top"), [(0.3, 0.5, None), (0.5, 0.5, None), (0.4, 0.9, None), (0.4, 0.5, "DC")]
 )

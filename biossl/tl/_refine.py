@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import graph
-from ._mapping import class_sums
+from ._mapping import AUTO_MAPPING_THRESHOLD, class_sums
 from ._pca import log_normalise, pca_latent
 from ._propagation import annotation_predictor, attach_to_reached, normalise_rows
 
@@ -66,6 +66,13 @@ KNOWN_DISTANCE = 0.6
 KNOWN_CLOSE_DISTANCE = 0.3
 KNOWN_CLOSE_AGREEMENT = 0.8
 REFINE_SEED_FRACTION = 0.5  # the share of each class's (and of the low-scoring) cells that seed the refinement
+# Where the graph does not join sample and query and fewer than this many low-scoring cells seed Unknown, the class they
+# spread calls Unknown only the seeds and the cells whose own mapping score is below AUTO_MAPPING_THRESHOLD (the
+# threshold without refinement): a class of two seeds carries as much mass as one of hundreds. On
+# baron_mouse_divergent (model seed 1) two such seeds (a beta and a ductal cell) spread Unknown over 46 low-depth beta
+# cells scoring 0.77-1.00; on cellbench without HCC827 (reference_mapping.py's novel part) one seed spread it over 42%
+# of the held-out line's cells, scoring 0.41-0.90 (0% Unknown when so few seeds seeded nothing)
+REFINE_UNKNOWN_MIN_SEEDS = 5
 
 
 def refine_on_query(
@@ -74,33 +81,35 @@ def refine_on_query(
 ):  # fmt: skip
     """Propagate the mapped calls over an expression graph of the query, with an Unknown class seeded by low scores.
 
-    The graph is a kNN graph on the PCA of the query's counts (:func:`biossl.tl._pca.pca_latent`, genes scaled per
-    batch as in ``tl.embed``) and, with a reference ``sample`` (:func:`biossl.tl._reference.expression_sample`;
-    labels: ``sample_codes`` at its rows), of the sampled reference cells' counts too, each reference batch a batch
-    of its own. Seeds: the reference cells with their labels; per predicted class, the more confident half of its
-    query cells whose score reaches ``threshold`` and whose class the reference sample's labels, spread over this
-    graph alone, give too (all such cells of the class when none of them agrees: a class the expression graph
-    cannot reach keeps its seeds; no class is checked when the sample and the query hardly mix in the graph,
-    :func:`biossl.graph.batch_mixing` below ``MIXING_MIN``, unless those calls agree with most well-scoring mapped
-    ones, ``REFINE_GRAPH_AGREEMENT``); and the lower-scoring half of the query cells below
-    ``threshold``, as class ``n_classes`` (Unknown). The agreement keeps a class that the mapping gives to part of
-    another (monocytes shifted onto dendritic cells) from seeding that error. The propagated probabilities are
-    averaged with the mapped ones (``proba``), so a cell below ``threshold`` that is not a seed is Unknown only where
-    the Unknown class reaches it; with ``hard`` (a threshold the user chose) the mapped ones of those cells are
-    Unknown, which makes every one of them Unknown. When the graph joins the sample and the query well (mixing at
-    least ``REFINE_JOINED_MIXING``), its expression neighbourhoods carry the labels better than a model that did
-    not align the query: the propagated probabilities are then the result (unless ``hard``), and a low-scoring cell
-    seeds Unknown only where the sample's cells hardly reach (:func:`_sample_share` below
-    ``JOINED_UNKNOWN_SHARE``), as a type the reference lacks does; a known type the shift moved does not. A class
-    that the shift moved as a whole (:func:`_shifted_classes`; not with ``hard``) has no query cell scoring well:
-    the more confident half of its low-scoring cells seed it, and none of them seeds Unknown. Cells called Unknown
-    whose expression is their top class's, or the nearest class's, get it (:func:`_known_unknowns`; not with
-    ``hard``; a cell given another class than its top one swaps their probabilities).
+    The graph is a kNN graph on the PCA of the query's counts (:func:`biossl.tl._pca.pca_latent`, genes scaled per batch
+    as in ``tl.embed``) and, with a reference ``sample`` (:func:`biossl.tl._reference.expression_sample`; labels:
+    ``sample_codes`` at its rows), of the sampled reference cells' counts too, each reference batch a batch of its own.
+    Seeds: the reference cells with their labels; per predicted class, the more confident half of its query cells whose
+    score reaches ``threshold`` and whose class the reference sample's labels, spread over this graph alone, give too
+    (all such cells of the class when none of them agrees: a class the expression graph cannot reach keeps its seeds; no
+    class is checked when the sample and the query hardly mix in the graph, :func:`biossl.graph.batch_mixing` below
+    ``MIXING_MIN``, unless those calls agree with most well-scoring mapped ones, ``REFINE_GRAPH_AGREEMENT``); and the
+    lower-scoring half of the query cells below ``threshold``, as class ``n_classes`` (Unknown; where they are fewer
+    than ``REFINE_UNKNOWN_MIN_SEEDS`` and the graph does not join sample and query, not with ``hard``, the Unknown class
+    they spread calls only them and cells scoring below ``AUTO_MAPPING_THRESHOLD``). The agreement keeps a class that
+    the mapping gives to part of another (monocytes shifted onto dendritic cells) from seeding that error. The
+    propagated probabilities are averaged with the mapped ones (``proba``), so a cell below ``threshold`` that is not a
+    seed is Unknown only where the Unknown class reaches it; with ``hard`` (a threshold the user chose) the mapped ones
+    of those cells are Unknown, which makes every one of them Unknown. When the graph joins the sample and the query
+    well (mixing at least ``REFINE_JOINED_MIXING``), its expression neighbourhoods carry the labels better than a model
+    that did not align the query: the propagated probabilities are then the result (unless ``hard``), and a low-scoring
+    cell seeds Unknown only where the sample's cells hardly reach (:func:`_sample_share` below
+    ``JOINED_UNKNOWN_SHARE``), as a type the reference lacks does; a known type the shift moved does not. A class that
+    the shift moved as a whole (:func:`_shifted_classes`; not with ``hard``) has no query cell scoring well: the more
+    confident half of its low-scoring cells seed it, and none of them seeds Unknown. Cells called Unknown whose
+    expression is their top class's, or the nearest class's, get it (:func:`_known_unknowns`; not with ``hard``; a cell
+    given another class than its top one swaps their probabilities).
     Returns the class probabilities (reference classes, rows summing to 1 or 0; a cell that the Unknown class takes
     whole, as on a joined graph, keeps its mapped ones, so its top class still names what it resembles), the
     confidence (top class probability times the share not given to Unknown), the predicted code, the Unknown mask
     and a record: ``"mixing"``, the sample - query mixing of the graph (None without a sample), ``"shifted"``,
-    the codes of the classes taken as moved as a whole, ``"known_from_unknown"``, the cells given a class, and
+    the codes of the classes taken as moved as a whole, ``"unknown_seeds"``, the number of query cells that seeded
+    Unknown, ``"known_from_unknown"``, the cells given a class, and
     ``"attached"``, the cells of the refinement graph no seed reached that took their nearest reached cells' call.
     """
     n = X.shape[0]
@@ -140,7 +149,10 @@ def refine_on_query(
         chosen = chosen[_sample_share(idx, n_ref)[chosen] < JOINED_UNKNOWN_SHARE]
     query_seeds[chosen] = n_classes
     seeds = np.concatenate([ref_seeds, query_seeds])
-    info = {"mixing": mixing, "shifted": [int(c) for c in shifted], "known_from_unknown": 0, "attached": 0}
+    info = {
+        "mixing": mixing, "shifted": [int(c) for c in shifted], "unknown_seeds": len(chosen), "known_from_unknown": 0,
+        "attached": 0,
+    }  # fmt: skip
     if len(np.unique(seeds[seeds >= 0])) < 2 or (query_seeds < 0).sum() == 0:  # nothing to refine: calls stand
         return proba, confidence, pred, (pred < 0) | low, info
     full, info["attached"] = spread(seeds, n_classes + 1)
@@ -154,6 +166,8 @@ def refine_on_query(
     full = weight * full + (1 - weight) * mapped
     top = full.argmax(1)
     unknown = (full.sum(1) == 0) | (top == n_classes)
+    if not (hard or joined) and 0 < len(chosen) < REFINE_UNKNOWN_MIN_SEEDS:  # a few seeds: their scores must agree
+        unknown &= (score < AUTO_MAPPING_THRESHOLD) | (query_seeds == n_classes)
     known = full[:, :n_classes]
     mass = known.sum(1)
     shown = np.where((mass == 0)[:, None], proba, known)  # the Unknown class took it whole: its top class stays named

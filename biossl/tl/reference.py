@@ -214,7 +214,8 @@ def map_query(
         the query mixes with the reference in the joint graph (:func:`biossl.graph.batch_mixing`; 1 = as if one
         data set), ``["refine_mixing"]`` how well the refinement's expression graph joins them (see ``refine``; absent
         without a reference sample), ``["shifted_classes"]`` the known types that the refinement kept although every
-        cell of theirs scored low, ``["known_from_unknown"]`` how many cells it gave back their top class after
+        cell of theirs scored low, ``["refine_unknown_seeds"]`` how many query cells seeded its Unknown class,
+        ``["known_from_unknown"]`` how many cells it gave back their top class after
         calling them Unknown and ``["refine_attached"]`` how many cells its graph left unreached by every seed,
         which took their nearest reached cells' call (see ``refine``). Limits (``benchmarks/reference_mapping.py``): a
         known type far more abundant in the query than in the reference still scores low, and a novel type close to a
@@ -230,7 +231,9 @@ def map_query(
         mapping that puts part of one type onto another does not seed its error; not checked when the sample and
         the query hardly mix in that graph unless the sample's calls agree with 60% of the well-scoring mapped
         ones), and the lower-scoring half of
-        the cells below it, as an "Unknown" class, are
+        the cells below it, as an "Unknown" class (recorded as ``refine_unknown_seeds``; where the graph does not
+        join sample and query and that half holds fewer than 5 cells, which carry as much mass as a whole class,
+        the class they spread calls Unknown only them and cells whose own score is below 0.75), are
         propagated over that graph as in :func:`biossl.tl.annotate` (a cell no seed reaches takes its nearest
         reached cells' call, from their final probabilities), and the result is averaged with the mapped
         probabilities (with a numeric ``mapping_threshold``, cells below it count as Unknown there). When that
@@ -394,6 +397,7 @@ class _QueryMapping:
             mapping_threshold = REFINE_MAPPING_THRESHOLD if self.refine else AUTO_MAPPING_THRESHOLD
         self.mapping_threshold, self.unknown_threshold = mapping_threshold, unknown_threshold
         self.refine_mixing, self.shifted, self.known_from_unknown, self.attached = None, [], 0, 0
+        self.unknown_seeds = 0
         if self.refine:
             self.proba, self.confidence, self.pred, unknown, info = refine_on_query(
                 self.X, self.present, self.codes, self.proba, self.pred, self.confidence, self.mapping_score,
@@ -403,6 +407,7 @@ class _QueryMapping:
             self.refine_mixing = info["mixing"]
             self.shifted = [str(self.reference.classes[c]) for c in info["shifted"]]
             self.known_from_unknown, self.attached = info["known_from_unknown"], info["attached"]
+            self.unknown_seeds = info["unknown_seeds"]
         else:
             unknown = (self.pred < 0) | (self.mapping_score < mapping_threshold)
         if unknown_threshold is not None:
@@ -434,6 +439,7 @@ class _QueryMapping:
                 "reference_mixing": self.mixing,
                 "refine_mixing": self.refine_mixing,
                 "shifted_classes": self.shifted,
+                "refine_unknown_seeds": self.unknown_seeds,
                 "known_from_unknown": self.known_from_unknown,
                 "refine_attached": self.attached,
                 "distance_threshold": self.distance_threshold,
