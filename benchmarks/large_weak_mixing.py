@@ -17,20 +17,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 import simulate  # noqa: E402
-from measure import machine  # noqa: E402
+from measure import machine, measure  # noqa: E402
 
 SIGMAS = [0.03, 0.06, 0.09]
-
-
-def cpu() -> float:
-    return time.process_time()
 
 
 def run(n_cells: int, batch_sigma: float, missing_family: int | None) -> dict:
@@ -38,17 +33,17 @@ def run(n_cells: int, batch_sigma: float, missing_family: int | None) -> dict:
     from biossl.tl import _pca
 
     counts, batch, _ = simulate.simulate_in_memory(n_cells, batch_sigma=batch_sigma, missing_family=missing_family)
-    t = cpu()
-    _, info = _pca.pca_latent(counts, 50, 0, batch=batch)
-    default = cpu() - t
+    with measure() as m:
+        _, info = _pca.pca_latent(counts, 50, 0, batch=batch)
+    default = m["cpu_s"]
     L = _pca.log_normalise(counts)
     rows = _pca._mixing_rows(n_cells, 0)
-    t = cpu()
-    _pca._mixing(_pca._pca_scaled_per_batch(L[rows], batch[rows], 50), batch[rows], 0)
-    probe_cpu = cpu() - t
-    t = cpu()
-    whole = _pca._mixing(_pca._pca_scaled_per_batch(L, batch, 50), batch, 0)
-    whole_cpu = cpu() - t
+    with measure() as m:
+        _pca._mixing(_pca._pca_scaled_per_batch(L[rows], batch[rows], 50), batch[rows], 0)
+    probe_cpu = m["cpu_s"]
+    with measure() as m:
+        whole = _pca._mixing(_pca._pca_scaled_per_batch(L, batch, 50), batch, 0)
+    whole_cpu = m["cpu_s"]
     mixing = info["batch_mixing"]
     return {
         "n_cells": n_cells,

@@ -224,15 +224,19 @@ def test_batches_that_mix_weakly_are_scaled_when_scaling_lifts_their_mixing(_wea
     assert f1["auto"] > f1["none"] + 0.03
 
 
+def _without_t_cells_in_one_batch(adata: ad.AnnData) -> ad.AnnData:
+    """``adata``'s cells split at random into batches a and b, with b's T cells left out (``obs["batch"]``)."""
+    t_cell = adata.obs["cell_type"].isin(["Naive CD4 T", "Memory CD4 T", "CD8 T"]).to_numpy()
+    batch = np.where(np.random.default_rng(0).random(adata.n_obs) < 0.5, "a", "b")
+    keep = ~((batch == "b") & t_cell)
+    out = adata[keep].copy()
+    out.obs["batch"] = pd.Categorical(batch[keep])
+    return out
+
+
 def test_batches_whose_mixing_scaling_lowers_keep_the_pooled_pca(pbmc_full):
     """Two batches of one technology, one of them without T cells: scaling per batch only blurs the types."""
-    adata = pbmc_full
-    rng = np.random.default_rng(0)
-    t_cell = adata.obs["cell_type"].isin(["Naive CD4 T", "Memory CD4 T", "CD8 T"]).to_numpy()
-    batch = np.where(rng.random(adata.n_obs) < 0.5, "a", "b")
-    keep = ~((batch == "b") & t_cell)
-    adata = adata[keep].copy()
-    adata.obs["batch"] = pd.Categorical(batch[keep])
+    adata = _without_t_cells_in_one_batch(pbmc_full)
     biossl.pp.setup(adata, batch_key="batch")
     none = adata.copy()
     biossl.tl.embed(adata)
@@ -385,13 +389,8 @@ def test_weak_mixing_on_large_data_probes_the_scaled_pca_on_the_sample(_weak, pb
     T cells, where scaling lowers the mixing)."""
     from biossl.tl import _pca
 
-    if kept:
-        counts, batch = sp.csr_matrix(_weak.X, dtype=np.float32), _weak.obs["batch"].astype(str).to_numpy()
-    else:
-        t_cell = pbmc_full.obs["cell_type"].isin(["Naive CD4 T", "Memory CD4 T", "CD8 T"]).to_numpy()
-        batch = np.where(np.random.default_rng(0).random(pbmc_full.n_obs) < 0.5, "a", "b")
-        keep = ~((batch == "b") & t_cell)
-        counts, batch = sp.csr_matrix(pbmc_full.X[keep], dtype=np.float32), batch[keep]
+    data = _weak if kept else _without_t_cells_in_one_batch(pbmc_full)
+    counts, batch = sp.csr_matrix(data.X, dtype=np.float32), data.obs["batch"].astype(str).to_numpy()
     monkeypatch.setattr(_pca, "MIXING_MAX_CELLS", 1500)
     fitted = _rows_of_calls(monkeypatch, _pca, "_pca_scaled_per_batch")  # the rows of every scaled PCA built
     latent, info = _pca.pca_latent(counts, 20, 0, batch=batch)

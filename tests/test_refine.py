@@ -37,12 +37,17 @@ def _contrasts(query_counts, sample: dict, ref_codes: np.ndarray, n_classes: int
     return _refine._Contrasts(L, ref_seeds, n_classes), L, batch
 
 
+def _mapped_proba(pred: np.ndarray, top: np.ndarray, n_classes: int) -> np.ndarray:
+    """Mapped class probabilities that put ``top`` on ``pred`` and spread the rest evenly over the other classes."""
+    proba = np.repeat(((1 - top) / (n_classes - 1))[:, None], n_classes, axis=1)
+    proba[np.arange(len(pred)), pred] = top
+    return proba
+
+
 def _confident_calls(pred: np.ndarray, n_classes: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Mapped class probabilities that put 0.6-0.95 on ``pred`` (the rest spread evenly), and that top probability."""
     top = rng.uniform(0.6, 0.95, len(pred))
-    proba = np.repeat(((1 - top) / (n_classes - 1))[:, None], n_classes, axis=1)
-    proba[np.arange(len(pred)), pred] = top
-    return proba, top
+    return _mapped_proba(pred, top, n_classes), top
 
 
 @pytest.mark.parametrize("joined", [False, True])
@@ -190,8 +195,7 @@ def test_a_few_unknown_seeds_call_only_low_scoring_cells_unknown(_strong, monkey
     Q[thinned] = part
     top = rng.uniform(0.6, 0.95, n)
     top[thinned] = rng.uniform(0.25, 0.5, len(thinned))
-    proba = np.repeat(((1 - top) / (n_classes - 1))[:, None], n_classes, axis=1)
-    proba[np.arange(n), query] = top
+    proba = _mapped_proba(query, top, n_classes)
     score = np.ones(n)
     score[thinned[:4]] = 0.2
     out, default = {}, _refine.REFINE_UNKNOWN_MIN_SEEDS
